@@ -1,0 +1,646 @@
+"""Every SQL statement ATM issues, and the claim protocol that keeps workers honest.
+
+One :class:`Database` per process (engines are built lazily and rebuilt after a
+fork). State changes are compare-and-set updates whose row count says who won;
+losing a race is a normal ``False`` return, never an error (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from atm import constants as C
+from atm.exceptions import DatabaseUnavailableError, NotFoundError
+from atm.models import Base, Classifier, Datarun, Dataset, Hyperpartition
+
+LOGGER = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 8
+RETRY_BASE_SECONDS = 0.05
+RETRY_MAX_SECONDS = 2.0
+
+
+def _is_transient(error: DBAPIError) -> bool:
+    """Locked SQLite files, deadlocks and dropped connections are worth a retry."""
+    if error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError):
+        return True
+    text = str(error.orig).lower() if error.orig is not None else ""
+    return "deadlock" in text or "lock wait timeout" in text
+
+
+def retrying(method: Callable[..., T]) -> Callable[..., T]:
+    """Retry a whole transaction on transient errors, with jittered back-off."""
+
+    @functools.wraps(method)
+    def wrapper(self: Database, *args: Any, **kwargs: Any) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(self, *args, **kwargs)
+            except DBAPIError as e:
+                if not _is_transient(e) or attempt >= self.max_attempts:
+                    raise DatabaseUnavailableError(
+                        f"database operation {method.__name__} failed after "
+                        f"{attempt} attempt(s): {e.orig if e.orig is not None else e}"
+                    ) from e
+                delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.5)
+                LOGGER.debug("retrying %s in %.3fs after %s", method.__name__, delay, e.orig)
+                time.sleep(delay)
+
+    return wrapper
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide where transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Any) -> None:
+        # Writers take the lock up front, so a read-then-write transaction can
+        # never fail half-way on a lock upgrade.
+        if conn.get_execution_options().get("sqlite_immediate"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def _configure_utc(engine: Engine, statement: str) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(statement)
+        cursor.close()
+        dbapi_connection.commit()
+
+
+def build_engine(url: str) -> Engine:
+    """An engine configured for concurrent workers on the given backend."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        if parsed.database in (None, "", ":memory:"):
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(parsed, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    if backend == "mysql" and parsed.drivername == "mysql":
+        parsed = parsed.set(drivername="mysql+pymysql")
+    if backend == "postgresql" and parsed.drivername == "postgres":
+        parsed = parsed.set(drivername="postgresql")
+    engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800)
+    if backend == "postgresql":
+        _configure_utc(engine, "SET TIME ZONE 'UTC'")
+    elif backend in ("mysql", "mariadb"):
+        _configure_utc(engine, "SET time_zone = '+00:00'")
+    return engine
+
+
+def score_of(classifier: Classifier, score_target: str) -> float | None:
+    """The classifier's value of a score target column (``*_judgment_metric``)."""
+    return getattr(classifier, score_target)
+
+
+class Database:
+    """The ModelHub: the shared SQL database of datasets, runs and classifiers."""
+
+    def __init__(self, url: str = "sqlite:///atm.db", create: bool = True,
+                 max_attempts: int = MAX_ATTEMPTS) -> None:
+        self.url = url
+        self.max_attempts = max_attempts
+        self._engine: Engine | None = None
+        self._sessionmaker: sessionmaker[Session] | None = None
+        self._pid = -1
+        if create:
+            self.create_schema()
+
+    # -- plumbing -------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """This process's engine (rebuilt after a fork: connections never cross one)."""
+        if self._engine is None or self._pid != os.getpid():
+            if self._engine is not None:
+                self._engine.dispose(close=False)
+            self._engine = build_engine(self.url)
+            self._sessionmaker = sessionmaker(self._engine, expire_on_commit=False)
+            self._pid = os.getpid()
+        return self._engine
+
+    @property
+    def backend(self) -> str:
+        return self.engine.url.get_backend_name()
+
+    @contextmanager
+    def session_scope(self, write: bool = False) -> Iterator[Session]:
+        """A session that commits on success, rolls back on error and always closes."""
+        self.engine  # noqa: B018 - builds the sessionmaker for this process
+        assert self._sessionmaker is not None
+        session = self._sessionmaker()
+        try:
+            if write and self.backend == "sqlite":
+                session.connection(execution_options={"sqlite_immediate": True})
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @retrying
+    def create_schema(self) -> None:
+        """Create the four tables and their indexes where they do not exist."""
+        Base.metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @retrying
+    def now(self) -> datetime:
+        """The database clock (UTC, naive), the only clock heartbeats use."""
+        with self.session_scope() as session:
+            return _db_now(session)
+
+    # -- finders --------------------------------------------------------------
+
+    @staticmethod
+    def _get_or_raise(session: Session, model: type, row_id: int, options: Sequence = ()) -> Any:
+        row = session.get(model, row_id, options=list(options))
+        if row is None:
+            raise NotFoundError(f"{model.__tablename__[:-1]} {row_id} does not exist")
+        return row
+
+    @retrying
+    def get_dataset(self, dataset_id: int) -> Dataset:
+        with self.session_scope() as session:
+            return self._get_or_raise(session, Dataset, dataset_id)
+
+    @retrying
+    def get_datarun(self, datarun_id: int) -> Datarun:
+        with self.session_scope() as session:
+            return self._get_or_raise(
+                session, Datarun, datarun_id, [selectinload(Datarun.dataset)]
+            )
+
+    @retrying
+    def get_hyperpartition(self, hyperpartition_id: int) -> Hyperpartition:
+        with self.session_scope() as session:
+            return self._get_or_raise(session, Hyperpartition, hyperpartition_id)
+
+    @retrying
+    def get_classifier(self, classifier_id: int) -> Classifier:
+        with self.session_scope() as session:
+            return self._get_or_raise(
+                session, Classifier, classifier_id,
+                [selectinload(Classifier.datarun).selectinload(Datarun.dataset),
+                 selectinload(Classifier.hyperpartition)],
+            )
+
+    @retrying
+    def get_dataruns(self, statuses: Sequence[str] | None = None,
+                     ids: Sequence[int] | None = None) -> list[Datarun]:
+        """Dataruns by status and id, highest priority first, then oldest first."""
+        with self.session_scope() as session:
+            query = select(Datarun).options(selectinload(Datarun.dataset))
+            if statuses is not None:
+                query = query.where(Datarun.status.in_(list(statuses)))
+            if ids is not None:
+                query = query.where(Datarun.id.in_(list(ids)))
+            query = query.order_by(Datarun.priority.desc(), Datarun.id.asc())
+            return list(session.scalars(query))
+
+    def get_unfinished_dataruns(self, ids: Sequence[int] | None = None) -> list[Datarun]:
+        return self.get_dataruns(C.UNFINISHED_DATARUN_STATUSES, ids)
+
+    @retrying
+    def get_hyperpartitions(self, datarun_id: int,
+                            statuses: Sequence[str] | None = None) -> list[Hyperpartition]:
+        with self.session_scope() as session:
+            query = select(Hyperpartition).where(Hyperpartition.datarun_id == datarun_id)
+            if statuses is not None:
+                query = query.where(Hyperpartition.status.in_(list(statuses)))
+            return list(session.scalars(query.order_by(Hyperpartition.id)))
+
+    @retrying
+    def get_classifiers(self, datarun_id: int | None = None,
+                        statuses: Sequence[str] | None = None,
+                        hyperpartition_id: int | None = None) -> list[Classifier]:
+        with self.session_scope() as session:
+            query = select(Classifier)
+            if datarun_id is not None:
+                query = query.where(Classifier.datarun_id == datarun_id)
+            if hyperpartition_id is not None:
+                query = query.where(Classifier.hyperpartition_id == hyperpartition_id)
+            if statuses is not None:
+                query = query.where(Classifier.status.in_(list(statuses)))
+            return list(session.scalars(query.order_by(Classifier.id)))
+
+    @retrying
+    def count_classifiers(self, datarun_id: int) -> dict[str, int]:
+        """Classifiers of a datarun by status (every status present, zeros included)."""
+        with self.session_scope() as session:
+            rows = session.execute(
+                select(Classifier.status, func.count())
+                .where(Classifier.datarun_id == datarun_id)
+                .group_by(Classifier.status)
+            ).all()
+        counts = {status: 0 for status in C.CLASSIFIER_STATUSES}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    # -- creators -------------------------------------------------------------
+
+    @retrying
+    def create_dataset(self, **fields: Any) -> Dataset:
+        with self.session_scope(write=True) as session:
+            dataset = Dataset(**fields)
+            session.add(dataset)
+            session.flush()
+            return dataset
+
+    @retrying
+    def create_datarun(self, partitions: Sequence[dict[str, Any]], **fields: Any) -> Datarun:
+        """Insert a datarun and its hyperpartitions in one transaction."""
+        with self.session_scope(write=True) as session:
+            self._get_or_raise(session, Dataset, fields["dataset_id"])
+            datarun = Datarun(**fields)
+            session.add(datarun)
+            session.flush()
+            session.add_all(
+                Hyperpartition(datarun_id=datarun.id, **partition) for partition in partitions
+            )
+            session.flush()
+            session.refresh(datarun, ["hyperpartitions"])
+            return datarun
+
+    # -- datarun state --------------------------------------------------------
+
+    @retrying
+    def mark_datarun_running(self, datarun_id: int) -> bool:
+        """pending -> running (sets start_time and, for walltime runs, the deadline)."""
+        with self.session_scope(write=True) as session:
+            run = self._get_or_raise(session, Datarun, datarun_id)
+            if run.status != C.DATARUN_PENDING:
+                return False
+            now = _db_now(session)
+            values: dict[str, Any] = {"status": C.DATARUN_RUNNING, "start_time": now}
+            if run.budget_type == C.BUDGET_WALLTIME and run.deadline is None:
+                values["deadline"] = now + timedelta(minutes=run.budget)
+            result = session.execute(
+                update(Datarun)
+                .where(Datarun.id == datarun_id, Datarun.status == C.DATARUN_PENDING)
+                .values(**values)
+            )
+            return result.rowcount == 1
+
+    @retrying
+    def reserve_budget_slot(self, datarun_id: int) -> bool:
+        """Take one classifier slot of a datarun's budget, or say there is none left."""
+        with self.session_scope(write=True) as session:
+            run = self._get_or_raise(session, Datarun, datarun_id)
+            query = update(Datarun).where(
+                Datarun.id == datarun_id,
+                Datarun.status.in_(C.UNFINISHED_DATARUN_STATUSES),
+            )
+            if run.budget_type == C.BUDGET_CLASSIFIER:
+                query = query.where(Datarun.n_started < Datarun.budget)
+            else:
+                query = query.where(
+                    (Datarun.deadline.is_(None)) | (Datarun.deadline > func.current_timestamp())
+                )
+            result = session.execute(query.values(n_started=Datarun.n_started + 1))
+            return result.rowcount == 1
+
+    @retrying
+    def release_budget_slot(self, datarun_id: int) -> None:
+        """Give back a slot that was reserved but will not be used."""
+        with self.session_scope(write=True) as session:
+            session.execute(
+                update(Datarun)
+                .where(Datarun.id == datarun_id, Datarun.n_started > 0)
+                .values(n_started=Datarun.n_started - 1)
+            )
+
+    @retrying
+    def complete_datarun_if_done(self, datarun_id: int) -> bool:
+        """Mark a datarun complete once its budget or partitions are used up and
+        nothing of it still runs. True only for the caller that made the change."""
+        with self.session_scope(write=True) as session:
+            run = self._get_or_raise(session, Datarun, datarun_id)
+            if run.status not in C.UNFINISHED_DATARUN_STATUSES:
+                return False
+            running = session.scalar(
+                select(func.count()).where(
+                    Classifier.datarun_id == datarun_id,
+                    Classifier.status == C.CLASSIFIER_RUNNING,
+                )
+            )
+            if running:
+                return False
+            open_partitions = session.scalar(
+                select(func.count()).where(
+                    Hyperpartition.datarun_id == datarun_id,
+                    Hyperpartition.status == C.PARTITION_INCOMPLETE,
+                )
+            )
+            now = _db_now(session)
+            if run.budget_type == C.BUDGET_CLASSIFIER:
+                budget_used = run.n_started >= run.budget
+            else:
+                budget_used = run.deadline is not None and now >= run.deadline
+            if not (budget_used or open_partitions == 0):
+                return False
+            result = session.execute(
+                update(Datarun)
+                .where(Datarun.id == datarun_id,
+                       Datarun.status.in_(C.UNFINISHED_DATARUN_STATUSES))
+                .values(status=C.DATARUN_COMPLETE, end_time=now)
+            )
+            return result.rowcount == 1
+
+    @retrying
+    def stop_datarun(self, datarun_id: int) -> bool:
+        """pending/running -> stopped: no new classifier starts; running ones finish."""
+        with self.session_scope(write=True) as session:
+            self._get_or_raise(session, Datarun, datarun_id)
+            result = session.execute(
+                update(Datarun)
+                .where(Datarun.id == datarun_id,
+                       Datarun.status.in_(C.UNFINISHED_DATARUN_STATUSES))
+                .values(status=C.DATARUN_STOPPED, end_time=func.current_timestamp())
+            )
+            return result.rowcount == 1
+
+    # -- hyperpartition state -------------------------------------------------
+
+    @retrying
+    def set_hyperpartition_status(self, hyperpartition_id: int, new: str,
+                                  expected: str = C.PARTITION_INCOMPLETE) -> bool:
+        with self.session_scope(write=True) as session:
+            result = session.execute(
+                update(Hyperpartition)
+                .where(Hyperpartition.id == hyperpartition_id,
+                       Hyperpartition.status == expected)
+                .values(status=new)
+            )
+            return result.rowcount == 1
+
+    # -- classifier state -----------------------------------------------------
+
+    @retrying
+    def start_classifier(self, datarun_id: int, hyperpartition_id: int,
+                         hyperparameter_values: dict[str, Any], host: str,
+                         worker_id: str, pid: int) -> int:
+        """Insert a ``running`` classifier with a fresh heartbeat; returns its id."""
+        with self.session_scope(write=True) as session:
+            classifier = Classifier(
+                datarun_id=datarun_id,
+                hyperpartition_id=hyperpartition_id,
+                hyperparameter_values=hyperparameter_values,
+                host=host,
+                worker_id=worker_id,
+                pid=pid,
+                status=C.CLASSIFIER_RUNNING,
+                start_time=func.current_timestamp(),
+                heartbeat_at=func.current_timestamp(),
+            )
+            session.add(classifier)
+            session.flush()
+            return classifier.id
+
+    @retrying
+    def heartbeat(self, classifier_id: int, worker_id: str) -> bool:
+        """Refresh a running classifier's heartbeat; False if it is no longer ours."""
+        with self.session_scope(write=True) as session:
+            result = session.execute(
+                update(Classifier)
+                .where(Classifier.id == classifier_id,
+                       Classifier.worker_id == worker_id,
+                       Classifier.status == C.CLASSIFIER_RUNNING)
+                .values(heartbeat_at=func.current_timestamp())
+            )
+            return result.rowcount == 1
+
+    @retrying
+    def complete_classifier(self, classifier_id: int, worker_id: str, *,
+                            model_location: str | None, metrics_location: str | None,
+                            cv_score: float | None, cv_stdev: float | None,
+                            test_score: float | None) -> bool:
+        """running -> complete with the scores; False if the row was reaped meanwhile."""
+        with self.session_scope(write=True) as session:
+            result = session.execute(
+                update(Classifier)
+                .where(Classifier.id == classifier_id,
+                       Classifier.worker_id == worker_id,
+                       Classifier.status == C.CLASSIFIER_RUNNING)
+                .values(
+                    status=C.CLASSIFIER_COMPLETE,
+                    model_location=model_location,
+                    metrics_location=metrics_location,
+                    cv_judgment_metric=cv_score,
+                    cv_judgment_metric_stdev=cv_stdev,
+                    test_judgment_metric=test_score,
+                    end_time=func.current_timestamp(),
+                )
+            )
+            return result.rowcount == 1
+
+    @retrying
+    def mark_classifier_errored(self, classifier_id: int, worker_id: str,
+                                error_message: str) -> bool:
+        """running -> errored; errors the hyperpartition after too many failures."""
+        with self.session_scope(write=True) as session:
+            result = session.execute(
+                update(Classifier)
+                .where(Classifier.id == classifier_id,
+                       Classifier.worker_id == worker_id,
+                       Classifier.status == C.CLASSIFIER_RUNNING)
+                .values(status=C.CLASSIFIER_ERRORED, error_message=error_message,
+                        end_time=func.current_timestamp())
+            )
+            if result.rowcount != 1:
+                return False
+            partition_id = session.scalar(
+                select(Classifier.hyperpartition_id).where(Classifier.id == classifier_id)
+            )
+            errors = session.scalar(
+                select(func.count()).where(
+                    Classifier.hyperpartition_id == partition_id,
+                    Classifier.status == C.CLASSIFIER_ERRORED,
+                    ~Classifier.error_message.startswith(C.WORKER_LOST_PREFIX),
+                )
+            )
+            if errors > C.MAX_HYPERPARTITION_ERRORS:
+                session.execute(
+                    update(Hyperpartition)
+                    .where(Hyperpartition.id == partition_id,
+                           Hyperpartition.status == C.PARTITION_INCOMPLETE)
+                    .values(status=C.PARTITION_ERRORED)
+                )
+            return True
+
+    @retrying
+    def reap_stale_classifiers(self, grace_seconds: float) -> list[int]:
+        """Error the running classifiers whose heartbeat is older than the grace
+        period and give their budget slots back. Returns the ids this call reaped."""
+        reaped: list[int] = []
+        with self.session_scope() as session:
+            cutoff = _db_now(session) - timedelta(seconds=grace_seconds)
+            stale = session.execute(
+                select(Classifier.id, Classifier.datarun_id, Classifier.worker_id,
+                       Classifier.host, Classifier.pid, Classifier.heartbeat_at)
+                .where(Classifier.status == C.CLASSIFIER_RUNNING,
+                       Classifier.heartbeat_at < cutoff)
+            ).all()
+        for row in stale:
+            message = (
+                f"{C.WORKER_LOST_PREFIX}: worker {row.worker_id} (host {row.host}, "
+                f"pid {row.pid}) sent no heartbeat since {row.heartbeat_at:%Y-%m-%d %H:%M:%S} "
+                f"UTC (grace {grace_seconds:g} s); its budget slot was returned"
+            )
+            if self._give_back(row.id, row.datarun_id, message,
+                               Classifier.heartbeat_at < cutoff):
+                reaped.append(row.id)
+        return reaped
+
+    def hand_back_classifier(self, classifier_id: int, worker_id: str, reason: str) -> bool:
+        """A worker that must stop mid-fit gives its classifier and budget slot back."""
+        classifier = self.get_classifier(classifier_id)
+        return self._give_back(
+            classifier_id, classifier.datarun_id,
+            f"{C.WORKER_LOST_PREFIX}: {reason} (worker {worker_id}); its budget slot was returned",
+            Classifier.worker_id == worker_id,
+        )
+
+    @retrying
+    def _give_back(self, classifier_id: int, datarun_id: int, message: str,
+                   condition: Any) -> bool:
+        """running -> errored ("worker lost ...") and the budget slot returned, atomically."""
+        with self.session_scope(write=True) as session:
+            result = session.execute(
+                update(Classifier)
+                .where(Classifier.id == classifier_id,
+                       Classifier.status == C.CLASSIFIER_RUNNING, condition)
+                .values(status=C.CLASSIFIER_ERRORED, error_message=message,
+                        end_time=func.current_timestamp())
+            )
+            if result.rowcount != 1:
+                return False
+            session.execute(
+                update(Datarun)
+                .where(Datarun.id == datarun_id, Datarun.n_started > 0)
+                .values(n_started=Datarun.n_started - 1)
+            )
+            return True
+
+    # -- what the selector and tuner read -------------------------------------
+
+    @retrying
+    def get_partition_scores(self, datarun_id: int, score_target: str) -> dict[int, list[float]]:
+        """``{hyperpartition id: [scores]}`` for the incomplete partitions of a run.
+
+        Errored and running classifiers count as 0.0, as in the original ATM, so
+        a partition that keeps failing is chosen less; reaped ones do not count.
+        """
+        with self.session_scope() as session:
+            partitions = session.scalars(
+                select(Hyperpartition.id).where(
+                    Hyperpartition.datarun_id == datarun_id,
+                    Hyperpartition.status == C.PARTITION_INCOMPLETE,
+                ).order_by(Hyperpartition.id)
+            ).all()
+            scores: dict[int, list[float]] = {pid: [] for pid in partitions}
+            rows = session.execute(
+                select(Classifier.hyperpartition_id, Classifier.status,
+                       Classifier.cv_judgment_metric, Classifier.cv_judgment_metric_stdev,
+                       Classifier.test_judgment_metric, Classifier.error_message)
+                .where(Classifier.datarun_id == datarun_id)
+                .order_by(Classifier.id)
+            ).all()
+        for row in rows:
+            if row.hyperpartition_id not in scores:
+                continue
+            if row.status == C.CLASSIFIER_ERRORED and (row.error_message or "").startswith(
+                C.WORKER_LOST_PREFIX
+            ):
+                continue
+            value = _score_from_row(row, score_target) if row.status == C.CLASSIFIER_COMPLETE else None
+            scores[row.hyperpartition_id].append(float(value) if value is not None else 0.0)
+        return scores
+
+    @retrying
+    def get_partition_history(self, hyperpartition_id: int,
+                              score_target: str) -> list[tuple[dict[str, Any], float]]:
+        """(hyperparameter values, score) of the complete classifiers of a partition."""
+        with self.session_scope() as session:
+            rows = session.execute(
+                select(Classifier.hyperparameter_values, Classifier.cv_judgment_metric,
+                       Classifier.cv_judgment_metric_stdev, Classifier.test_judgment_metric)
+                .where(Classifier.hyperpartition_id == hyperpartition_id,
+                       Classifier.status == C.CLASSIFIER_COMPLETE)
+                .order_by(Classifier.id)
+            ).all()
+        history = []
+        for row in rows:
+            value = _score_from_row(row, score_target)
+            history.append((row.hyperparameter_values, float(value) if value is not None else 0.0))
+        return history
+
+    def get_best_classifier(self, datarun_id: int, score_target: str) -> Classifier | None:
+        """The complete classifier with the highest score target, or None."""
+        classifiers = self.get_classifiers(datarun_id, [C.CLASSIFIER_COMPLETE])
+        scored = [(score_of(c, score_target), -c.id, c) for c in classifiers]
+        scored = [s for s in scored if s[0] is not None]
+        if not scored:
+            return None
+        return max(scored, key=lambda s: (s[0], s[1]))[2]
+
+
+def _db_now(session: Session) -> datetime:
+    """The database's current time as a naive UTC datetime, to the second."""
+    value = session.execute(select(func.current_timestamp())).scalar_one()
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=None, microsecond=0)
+
+
+def _score_from_row(row: Any, score_target: str) -> float | None:
+    if score_target == "mu_sigma_judgment_metric":
+        if row.cv_judgment_metric is None or row.cv_judgment_metric_stdev is None:
+            return None
+        return row.cv_judgment_metric - 2 * row.cv_judgment_metric_stdev
+    return getattr(row, score_target)
+
+
+__all__ = ["Database", "build_engine", "retrying", "score_of", "SQLAlchemyError"]

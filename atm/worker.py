@@ -1,0 +1,266 @@
+"""The worker loop: reap -> claim -> select -> propose -> fit -> record.
+
+Any number of workers, in any number of processes or machines, can share one
+database: every claim is a compare-and-set in :mod:`atm.database`, so budgets
+are exact and no classifier is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from atm import constants as C
+from atm.artifacts import artifact_stem, save_metrics, save_model
+from atm.data import load_dataset_frames
+from atm.database import Database
+from atm.metrics import judgment_metric_for
+from atm.model import Model, holdout_split
+from atm.models import Datarun, Hyperpartition
+from atm.tuning import propose, select_partition
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerOptions:
+    """What a worker needs besides the database; picklable across processes."""
+
+    models_dir: str = "models"
+    metrics_dir: str = "metrics"
+    save_files: bool = True
+    heartbeat_interval: float = 5.0
+    heartbeat_grace: float = 60.0
+    poll_interval: float = 2.0
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes a running classifier's heartbeat until stopped."""
+
+    def __init__(self, db: Database, classifier_id: int, worker_id: str, interval: float) -> None:
+        super().__init__(name=f"heartbeat-{classifier_id}", daemon=True)
+        self.db, self.classifier_id, self.worker_id = db, classifier_id, worker_id
+        self.interval = interval
+        self.finished = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        while not self.finished.wait(self.interval):
+            try:
+                if not self.db.heartbeat(self.classifier_id, self.worker_id):
+                    self.lost = True
+                    return
+            except Exception as e:  # the database may be away for a while
+                LOGGER.warning("heartbeat of classifier %s failed: %s", self.classifier_id, e)
+
+    def stop(self) -> None:
+        self.finished.set()
+        self.join(timeout=self.interval + 5)
+
+
+class _Stopped(Exception):
+    """Raised inside the loop when a stop was requested between classifiers."""
+
+
+class Worker:
+    """One worker: trains classifiers for the unfinished dataruns it may serve."""
+
+    def __init__(self, db: Database, options: WorkerOptions | None = None,
+                 datarun_ids: Sequence[int] | None = None, worker_id: str | None = None) -> None:
+        self.db = db
+        self.options = options or WorkerOptions()
+        self.datarun_ids = list(datarun_ids) if datarun_ids else None
+        self.host = socket.gethostname()
+        self.worker_id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._frames: dict[int, tuple[Any, Any, Any, Any]] = {}
+        self._partitions: dict[int, dict[int, Hyperpartition]] = {}
+        self.classifiers_run = 0
+
+    # -- control --------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish the current classifier, then leave the loop."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, wait: bool = False, total_time: float | None = None,
+            max_classifiers: int | None = None) -> int:
+        """Work until no unfinished datarun is left (or, with ``wait``, until stopped).
+
+        Returns the number of classifiers this call trained.
+        """
+        started = time.monotonic()
+        trained = 0
+        LOGGER.info("worker %s starting", self.worker_id)
+        while not self.stopping:
+            if total_time is not None and time.monotonic() - started >= total_time:
+                LOGGER.info("total time of %ss used; worker exiting", total_time)
+                break
+            if max_classifiers is not None and trained >= max_classifiers:
+                break
+            reaped = self.db.reap_stale_classifiers(self.options.heartbeat_grace)
+            if reaped:
+                LOGGER.warning("reaped classifier(s) of lost workers: %s", reaped)
+            runs = self.db.get_unfinished_dataruns(self.datarun_ids)
+            if not runs:
+                if not wait:
+                    LOGGER.info("no unfinished dataruns; worker exiting")
+                    break
+                self._stop.wait(self.options.poll_interval)
+                continue
+            if any(self.work_on(run) for run in runs):
+                trained += 1
+                continue
+            # Every unfinished run is fully claimed by other workers: wait for them
+            # to finish (or be reaped) rather than exit with work still open.
+            self._stop.wait(self.options.poll_interval)
+        self.classifiers_run += trained
+        return trained
+
+    # -- one classifier -------------------------------------------------------
+
+    def work_on(self, run: Datarun) -> bool:
+        """Train one classifier for ``run`` if it has budget left; True if one ran."""
+        if self.stopping:
+            return False
+        if run.status == C.DATARUN_PENDING:
+            self.db.mark_datarun_running(run.id)
+        if not self.db.reserve_budget_slot(run.id):
+            self.db.complete_datarun_if_done(run.id)
+            return False
+        used = False
+        try:
+            choice = self._choose(run)
+            if choice is not None:
+                partition, params = choice
+                used = True
+                self._train(run, partition, params)
+        finally:
+            if not used:
+                self.db.release_budget_slot(run.id)
+            if self.db.complete_datarun_if_done(run.id):
+                LOGGER.info("datarun %s has ended", run.id)
+        return used
+
+    def _partition(self, run: Datarun, partition_id: int) -> Hyperpartition:
+        cached = self._partitions.get(run.id)
+        if cached is None or partition_id not in cached:
+            cached = {p.id: p for p in self.db.get_hyperpartitions(run.id)}
+            self._partitions[run.id] = cached
+        return cached[partition_id]
+
+    def _choose(self, run: Datarun) -> tuple[Hyperpartition, dict[str, Any]] | None:
+        """Select a hyperpartition and propose its parameters (None: nothing left)."""
+        while True:
+            scores = self.db.get_partition_scores(run.id, run.score_target)
+            if not scores:
+                return None
+            methods = {pid: self._partition(run, pid).method for pid in scores}
+            partition = self._partition(
+                run, select_partition(run.selector, scores, run.k_window, methods)
+            )
+            if not partition.tunables:
+                # Nothing to tune: train it exactly once, whichever worker wins.
+                if self.db.set_hyperpartition_status(partition.id, C.PARTITION_GRIDDING_DONE):
+                    return partition, self._full_params(partition, {})
+                continue
+            history = self.db.get_partition_history(partition.id, run.score_target)
+            proposal = propose(run.tuner, partition.tunables, history, run.gridding,
+                               run.r_minimum)
+            if proposal is None:
+                self.db.set_hyperpartition_status(partition.id, C.PARTITION_GRIDDING_DONE)
+                LOGGER.info("hyperpartition %s: grid used up", partition.id)
+                continue
+            return partition, self._full_params(partition, proposal)
+
+    @staticmethod
+    def _full_params(partition: Hyperpartition, proposal: dict[str, Any]) -> dict[str, Any]:
+        params = dict(partition.categoricals)
+        params.update(partition.constants)
+        params.update(proposal)
+        return params
+
+    def _data(self, run: Datarun) -> tuple[Any, Any, Any, Any]:
+        if run.id not in self._frames:
+            dataset = run.dataset
+            x_train, y_train, x_test, y_test = load_dataset_frames(
+                dataset.train_path, dataset.test_path, dataset.class_column
+            )
+            if x_test is None:
+                x_train, x_test, y_train, y_test = holdout_split(x_train, y_train, run.random_seed)
+            self._frames[run.id] = (x_train, y_train, x_test, y_test)
+        return self._frames[run.id]
+
+    def _train(self, run: Datarun, partition: Hyperpartition, params: dict[str, Any]) -> None:
+        classifier_id = self.db.start_classifier(
+            run.id, partition.id, params, self.host, self.worker_id, os.getpid()
+        )
+        heartbeat = _Heartbeat(self.db, classifier_id, self.worker_id,
+                               self.options.heartbeat_interval)
+        heartbeat.start()
+        began = time.monotonic()
+        try:
+            metric = judgment_metric_for(run.metric, run.dataset.k_classes)
+            model = Model(partition.method, params, metric, random_state=run.random_seed)
+            scores = model.train_test(*self._data(run))
+            model_path = metrics_path = None
+            if self.options.save_files:
+                stem = artifact_stem(run.dataset.name, run.id, classifier_id)
+                model_path = save_model(model, self.options.models_dir, stem)
+                metrics_path = save_metrics(model, self.options.metrics_dir, stem)
+            heartbeat.stop()
+            recorded = self.db.complete_classifier(
+                classifier_id, self.worker_id, model_location=model_path,
+                metrics_location=metrics_path, cv_score=scores["cv"],
+                cv_stdev=scores["cv_stdev"], test_score=scores["test"],
+            )
+            if not recorded:
+                LOGGER.warning("classifier %s was reaped while it ran; its result is dropped",
+                               classifier_id)
+                for path in (model_path, metrics_path):
+                    if path:
+                        _remove_quietly(path)
+                return
+            self._log_result(run, partition, classifier_id, metric, scores,
+                             time.monotonic() - began)
+        except Exception as e:
+            heartbeat.stop()
+            self.db.mark_classifier_errored(classifier_id, self.worker_id, traceback.format_exc())
+            LOGGER.error("classifier %s (%s, hyperpartition %s) errored: %s: %s",
+                         classifier_id, partition.method, partition.id, type(e).__name__, e)
+        except BaseException:
+            # Stopped for good (second SIGTERM, Ctrl-C): hand the classifier back.
+            heartbeat.stop()
+            self.db.hand_back_classifier(classifier_id, self.worker_id,
+                                         "worker stopped before the classifier finished")
+            raise
+
+    def _log_result(self, run: Datarun, partition: Hyperpartition, classifier_id: int,
+                    metric: str, scores: dict[str, Any], seconds: float) -> None:
+        best = self.db.get_best_classifier(run.id, run.score_target)
+        best_text = "none yet"
+        if best is not None:
+            best_text = f"{getattr(best, run.score_target):.4f} (classifier {best.id})"
+        cv = "n/a" if scores["cv"] is None else f"{scores['cv']:.4f} ± {scores['cv_stdev']:.4f}"
+        LOGGER.info("classifier %s datarun %s %s: cv %s %s, test %s, %.2fs; best so far %s",
+                    classifier_id, run.id, partition.method, metric, cv,
+                    "n/a" if scores["test"] is None else f"{scores['test']:.4f}",
+                    seconds, best_text)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
