@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from threadpoolctl import threadpool_limits
+
 from atm import constants as C
 from atm.artifacts import artifact_stem, save_metrics, save_model
 from atm.data import load_dataset_frames
@@ -100,6 +102,13 @@ class Worker:
 
         Returns the number of classifiers this call trained.
         """
+        # One core per worker (BLAS and OpenMP pools included), so N workers scale on N cores.
+        with threadpool_limits(limits=1):
+            trained = self._loop(wait, total_time, max_classifiers)
+        self.classifiers_run += trained
+        return trained
+
+    def _loop(self, wait: bool, total_time: float | None, max_classifiers: int | None) -> int:
         started = time.monotonic()
         trained = 0
         LOGGER.info("worker %s starting", self.worker_id)
@@ -125,7 +134,6 @@ class Worker:
             # Every unfinished run is fully claimed by other workers: wait for them
             # to finish (or be reaped) rather than exit with work still open.
             self._stop.wait(self.options.poll_interval)
-        self.classifiers_run += trained
         return trained
 
     # -- one classifier -------------------------------------------------------
