@@ -626,6 +626,126 @@ class Database:
             return None
         return max(scored, key=lambda s: (s[0], s[1]))[2]
 
+    # -- REST queries ---------------------------------------------------------
+    # Generic reads for atm/api over any table of models.TABLES: filtered,
+    # ordered and paged listings, single rows and children, each row with its
+    # relationships loaded one level deep, plus datarun progress figures.
+
+    @staticmethod
+    def _rest_filter_clause(model: type[Base], name: str, op: str, value: Any) -> Any:
+        """The SQL condition of one ``{"name", "op", "val"}`` filter (names pre-checked)."""
+        column = getattr(model, name)
+        clauses: dict[str, Callable[[], Any]] = {
+            "eq": lambda: column.is_(None) if value is None else column == value,
+            "neq": lambda: column.is_not(None) if value is None else column != value,
+            "lt": lambda: column < value,
+            "le": lambda: column <= value,
+            "gt": lambda: column > value,
+            "ge": lambda: column >= value,
+            "in": lambda: column.in_(list(value)),
+            "not_in": lambda: column.not_in(list(value)),
+            "like": lambda: column.like(value),
+            "is_null": lambda: column.is_(None),
+            "is_not_null": lambda: column.is_not(None),
+        }
+        if op not in clauses:
+            raise ValueError(f"unknown filter operator {op!r}")
+        return clauses[op]()
+
+    @staticmethod
+    def _rest_load_options(model: type[Base]) -> list[Any]:
+        from sqlalchemy import inspect as sa_inspect
+
+        return [selectinload(rel.class_attribute) for rel in sa_inspect(model).relationships]
+
+    @retrying
+    def page_rows(self, model: type[Base], filters: Sequence[tuple[str, str, Any]] = (),
+                  order_by: Sequence[tuple[str, str]] = (), offset: int = 0,
+                  limit: int | None = None,
+                  parent: tuple[type[Base], int, str] | None = None) -> tuple[int, list[Any]]:
+        """``(number of matching rows, one page of them)`` of a table.
+
+        ``filters`` are ``(column, op, value)``, ``order_by`` ``(column, "asc"|"desc")``
+        (ties broken by id); ``parent=(model, id, relation)`` keeps the rows that
+        are that parent's relation (NotFoundError if the parent does not exist).
+        """
+        from sqlalchemy.orm import with_parent
+
+        with self.session_scope() as session:
+            conditions = [self._rest_filter_clause(model, *f) for f in filters]
+            if parent is not None:
+                parent_model, parent_id, relation = parent
+                parent_row = self._get_or_raise(session, parent_model, parent_id)
+                conditions.append(with_parent(parent_row, getattr(parent_model, relation)))
+            total = session.scalar(select(func.count()).select_from(model).where(*conditions))
+            ordering = [getattr(model, name).desc() if direction == "desc"
+                        else getattr(model, name).asc() for name, direction in order_by]
+            query = (select(model).where(*conditions)
+                     .options(*self._rest_load_options(model))
+                     .order_by(*ordering, model.id.asc()).offset(offset))
+            if limit is not None:
+                query = query.limit(limit)
+            return int(total or 0), list(session.scalars(query))
+
+    @retrying
+    def get_row(self, model: type[Base], row_id: int) -> Any:
+        """One row of any table with its relationships loaded, or NotFoundError."""
+        with self.session_scope() as session:
+            return self._get_or_raise(session, model, row_id, self._rest_load_options(model))
+
+    @retrying
+    def count_rows(self, model: type[Base]) -> int:
+        """How many rows a table holds."""
+        with self.session_scope() as session:
+            return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+    @retrying
+    def datarun_progress(self, datarun_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Per datarun: classifiers by status, budget, best classifier and elapsed seconds."""
+        ids = sorted(set(datarun_ids))
+        if not ids:
+            return {}
+        with self.session_scope() as session:
+            now = _db_now(session)
+            runs = session.execute(
+                select(Datarun.id, Datarun.budget, Datarun.budget_type, Datarun.score_target,
+                       Datarun.start_time, Datarun.end_time).where(Datarun.id.in_(ids))
+            ).all()
+            counts = session.execute(
+                select(Classifier.datarun_id, Classifier.status, func.count())
+                .where(Classifier.datarun_id.in_(ids))
+                .group_by(Classifier.datarun_id, Classifier.status)
+            ).all()
+            complete = session.execute(
+                select(Classifier.id, Classifier.datarun_id, Classifier.cv_judgment_metric,
+                       Classifier.cv_judgment_metric_stdev, Classifier.test_judgment_metric)
+                .where(Classifier.datarun_id.in_(ids),
+                       Classifier.status == C.CLASSIFIER_COMPLETE)
+                .order_by(Classifier.id)
+            ).all()
+        progress: dict[int, dict[str, Any]] = {}
+        for run in runs:
+            elapsed = None
+            if run.start_time is not None:
+                elapsed = max(0.0, ((run.end_time or now) - run.start_time).total_seconds())
+            progress[run.id] = {
+                **{f"classifiers_{status}": 0 for status in C.CLASSIFIER_STATUSES},
+                "budget": run.budget,
+                "budget_type": run.budget_type,
+                "best_classifier_id": None,
+                "best_score": None,
+                "elapsed_seconds": elapsed,
+            }
+        for datarun_id, status, number in counts:
+            progress[datarun_id][f"classifiers_{status}"] = int(number)
+        targets = {run.id: run.score_target for run in runs}
+        for row in complete:
+            score = _score_from_row(row, targets[row.datarun_id])
+            entry = progress[row.datarun_id]
+            if score is not None and (entry["best_score"] is None or score > entry["best_score"]):
+                entry["best_classifier_id"], entry["best_score"] = row.id, float(score)
+        return progress
+
 
 def _db_now(session: Session) -> datetime:
     """The database's current time as a naive UTC datetime, to the second."""

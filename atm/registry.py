@@ -21,6 +21,7 @@ from atm.models import Datarun, Dataset
 from atm.tuning import check_selector, check_tuner
 
 DATARUN_OPTIONS = tuple(C.DATARUN_DEFAULTS)
+MAX_OPTION_INTEGER = 2**31 - 1
 
 
 def add_dataset(db: Database, train_path: str, test_path: str | None = None,
@@ -46,6 +47,9 @@ def _integer(options: Mapping[str, Any], name: str, minimum: int) -> int:
         raise InvalidInputError(f"{name} must be an integer, got {value!r}", field=name) from None
     if number < minimum:
         raise InvalidInputError(f"{name} must be at least {minimum}, got {number}", field=name)
+    if number > MAX_OPTION_INTEGER:  # the columns are 32-bit integers
+        raise InvalidInputError(f"{name} must be at most {MAX_OPTION_INTEGER}, got {number}",
+                                field=name)
     return number
 
 
