@@ -617,14 +617,18 @@ class Database:
             history.append((row.hyperparameter_values, float(value) if value is not None else 0.0))
         return history
 
+    @retrying
     def get_best_classifier(self, datarun_id: int, score_target: str) -> Classifier | None:
-        """The complete classifier with the highest score target, or None."""
-        classifiers = self.get_classifiers(datarun_id, [C.CLASSIFIER_COMPLETE])
-        scored = [(score_of(c, score_target), -c.id, c) for c in classifiers]
-        scored = [s for s in scored if s[0] is not None]
-        if not scored:
-            return None
-        return max(scored, key=lambda s: (s[0], s[1]))[2]
+        """The complete classifier with the highest score target (oldest on ties), or None."""
+        score = score_expression(score_target)
+        with self.session_scope() as session:
+            return session.scalars(
+                select(Classifier)
+                .where(Classifier.datarun_id == datarun_id,
+                       Classifier.status == C.CLASSIFIER_COMPLETE, score.is_not(None))
+                .order_by(score.desc(), Classifier.id.asc())
+                .limit(1)
+            ).first()
 
     # -- REST queries ---------------------------------------------------------
     # Generic reads for atm/api over any table of models.TABLES: filtered,
@@ -753,6 +757,15 @@ def _db_now(session: Session) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=None, microsecond=0)
+
+
+def score_expression(score_target: str) -> Any:
+    """A SQL expression of a ``*_judgment_metric`` score target."""
+    if score_target == "mu_sigma_judgment_metric":
+        return Classifier.cv_judgment_metric - 2 * Classifier.cv_judgment_metric_stdev
+    if score_target not in ("cv_judgment_metric", "test_judgment_metric"):
+        raise ValueError(f"unknown score target {score_target!r}")
+    return getattr(Classifier, score_target)
 
 
 def _score_from_row(row: Any, score_target: str) -> float | None:

@@ -23,6 +23,7 @@ from atm import constants as C
 from atm.artifacts import artifact_stem, save_metrics, save_model
 from atm.data import load_dataset_frames
 from atm.database import Database
+from atm.exceptions import DatabaseUnavailableError
 from atm.metrics import judgment_metric_for
 from atm.model import Model, holdout_split
 from atm.models import Datarun, Hyperpartition
@@ -118,23 +119,40 @@ class Worker:
                 break
             if max_classifiers is not None and trained >= max_classifiers:
                 break
-            reaped = self.db.reap_stale_classifiers(self.options.heartbeat_grace)
+            try:
+                reaped = self.db.reap_stale_classifiers(self.options.heartbeat_grace)
+                runs = self.db.get_unfinished_dataruns(self.datarun_ids)
+            except DatabaseUnavailableError as e:
+                LOGGER.error("database unavailable, retrying in %ss: %s",
+                             self.options.poll_interval, e)
+                self._stop.wait(self.options.poll_interval)
+                continue
             if reaped:
                 LOGGER.warning("reaped classifier(s) of lost workers: %s", reaped)
-            runs = self.db.get_unfinished_dataruns(self.datarun_ids)
             if not runs:
                 if not wait:
                     LOGGER.info("no unfinished dataruns; worker exiting")
                     break
                 self._stop.wait(self.options.poll_interval)
                 continue
-            if any(self.work_on(run) for run in runs):
+            if any(self._work_on_safely(run) for run in runs):
                 trained += 1
                 continue
             # Every unfinished run is fully claimed by other workers: wait for them
             # to finish (or be reaped) rather than exit with work still open.
             self._stop.wait(self.options.poll_interval)
         return trained
+
+    def _work_on_safely(self, run: Datarun) -> bool:
+        """:meth:`work_on`, but a failure outside a fit (database away, a tuner that
+        raises) is logged and the worker goes on instead of dying."""
+        try:
+            return self.work_on(run)
+        except Exception:
+            LOGGER.exception("worker %s: datarun %s could not be worked on; retrying later",
+                             self.worker_id, run.id)
+            self._stop.wait(self.options.poll_interval)
+            return False
 
     # -- one classifier -------------------------------------------------------
 
