@@ -86,6 +86,21 @@ def save_metrics(model: Model, metrics_dir: str | os.PathLike, stem: str) -> str
     return str(path)
 
 
+def remove_partial_files(stem: str, *directories: str | os.PathLike) -> None:
+    """Delete what an interrupted write of ``stem``'s files left (final names included:
+    a classifier that did not complete has no files)."""
+    for directory in directories:
+        folder = Path(directory)
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(f"*{stem}.*"):
+            if path.name.startswith((f".{stem}.", f"{stem}.")):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+
+
 def load_metrics(path: str | os.PathLike) -> dict[str, Any]:
     with open(path) as handle:
         return json.load(handle)

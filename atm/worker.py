@@ -20,10 +20,11 @@ from typing import Any, Sequence
 from threadpoolctl import threadpool_limits
 
 from atm import constants as C
-from atm.artifacts import artifact_stem, save_metrics, save_model
+from atm.artifacts import artifact_stem, remove_partial_files, save_metrics, save_model
 from atm.data import load_dataset_frames
 from atm.database import Database
 from atm.exceptions import DatabaseUnavailableError
+from atm.isolation import FitFailed, run_with_time_limit
 from atm.metrics import judgment_metric_for
 from atm.model import Model, holdout_split
 from atm.models import Datarun, Hyperpartition
@@ -42,6 +43,9 @@ class WorkerOptions:
     heartbeat_interval: float = 5.0
     heartbeat_grace: float = 60.0
     poll_interval: float = 2.0
+    # Seconds one classifier (cross-validation, final fit and files) may take; it runs in
+    # a child process that is killed past this. 0 or None: in-process, no limit.
+    classifier_timeout: float | None = 900.0
 
 
 class _Heartbeat(threading.Thread):
@@ -236,15 +240,21 @@ class Worker:
                                self.options.heartbeat_interval)
         heartbeat.start()
         began = time.monotonic()
-        try:
-            metric = judgment_metric_for(run.metric, run.dataset.k_classes)
+        metric = judgment_metric_for(run.metric, run.dataset.k_classes)
+        stem = artifact_stem(run.dataset.name, run.id, classifier_id)
+
+        def fit_and_save() -> tuple[dict[str, Any], str | None, str | None]:
             model = Model(partition.method, params, metric, random_state=run.random_seed)
-            scores = model.train_test(*self._data(run))
-            model_path = metrics_path = None
-            if self.options.save_files:
-                stem = artifact_stem(run.dataset.name, run.id, classifier_id)
-                model_path = save_model(model, self.options.models_dir, stem)
-                metrics_path = save_metrics(model, self.options.metrics_dir, stem)
+            scores = model.train_test(*data)
+            if not self.options.save_files:
+                return scores, None, None
+            return (scores, save_model(model, self.options.models_dir, stem),
+                    save_metrics(model, self.options.metrics_dir, stem))
+
+        try:
+            data = self._data(run)
+            scores, model_path, metrics_path = run_with_time_limit(
+                fit_and_save, self.options.classifier_timeout)
             heartbeat.stop()
             recorded = self.db.complete_classifier(
                 classifier_id, self.worker_id, model_location=model_path,
@@ -262,12 +272,16 @@ class Worker:
                              time.monotonic() - began)
         except Exception as e:
             heartbeat.stop()
-            self.db.mark_classifier_errored(classifier_id, self.worker_id, traceback.format_exc())
-            LOGGER.error("classifier %s (%s, hyperpartition %s) errored: %s: %s",
-                         classifier_id, partition.method, partition.id, type(e).__name__, e)
+            remove_partial_files(stem, self.options.models_dir, self.options.metrics_dir)
+            details = e.details if isinstance(e, FitFailed) else traceback.format_exc()
+            self.db.mark_classifier_errored(classifier_id, self.worker_id, details)
+            LOGGER.error("classifier %s (%s, hyperpartition %s) errored: %s",
+                         classifier_id, partition.method, partition.id,
+                         e if isinstance(e, FitFailed) else f"{type(e).__name__}: {e}")
         except BaseException:
             # Stopped for good (second SIGTERM, Ctrl-C): hand the classifier back.
             heartbeat.stop()
+            remove_partial_files(stem, self.options.models_dir, self.options.metrics_dir)
             self.db.hand_back_classifier(classifier_id, self.worker_id,
                                          "worker stopped before the classifier finished")
             raise

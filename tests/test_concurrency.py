@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from atm import registry
@@ -145,9 +146,13 @@ def test_a_killed_worker_is_reaped_and_the_run_ends_at_exact_budget(any_db, work
     doomed = start_worker(any_db.url, workdir, **env)
     try:
         wait_for(lambda: any_db.get_classifiers(run.id, ["running"]), what="a running fit")
+        fit_processes = psutil.Process(doomed.pid).children(recursive=True)
     finally:
         doomed.send_signal(signal.SIGKILL)
         doomed.communicate()
+    # the fit's own process dies with its worker: no orphan keeps computing
+    _, alive = psutil.wait_procs(fit_processes, timeout=10)
+    assert fit_processes and not alive
     [lost] = any_db.get_classifiers(run.id, ["running"])
     assert lost.pid == doomed.pid
     flag.unlink()

@@ -1,0 +1,97 @@
+"""Fits that hang, die or fail cost one classifier each, never the worker."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from atm import registry
+from atm.worker import Worker, WorkerOptions
+
+FAULTY_MODULE = textwrap.dedent("""
+    import os
+    import signal
+    import time
+
+    from sklearn.tree import DecisionTreeClassifier
+
+
+    class HangingTree(DecisionTreeClassifier):
+        def fit(self, X, y, **kwargs):
+            time.sleep(600)
+
+
+    class SuicidalTree(DecisionTreeClassifier):
+        def fit(self, X, y, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.fixture
+def faulty(workdir):
+    (workdir / "faulty.py").write_text(FAULTY_MODULE)
+    sys.path.insert(0, str(workdir))
+
+    def method_file(class_name: str) -> str:
+        path = workdir / f"{class_name}.json"
+        path.write_text(json.dumps({
+            "name": class_name, "class": f"faulty.{class_name}",
+            "hyperparameters": {"max_depth": {"type": "int", "range": [2, 6]}},
+            "root_hyperparameters": ["max_depth"],
+        }))
+        return str(path)
+
+    yield method_file
+    sys.path.remove(str(workdir))
+    sys.modules.pop("faulty", None)
+
+
+def run_worker(db, workdir, timeout):
+    options = WorkerOptions(models_dir=str(workdir / "models"),
+                            metrics_dir=str(workdir / "metrics"), classifier_timeout=timeout,
+                            poll_interval=0.2)
+    return Worker(db, options).run()
+
+
+def test_a_hanging_fit_is_stopped_at_the_time_limit_and_the_worker_goes_on(
+        db, workdir, demo, faulty):
+    dataset = registry.add_dataset(db, demo("iris"))
+    run = registry.add_datarun(db, dataset.id, budget=2, methods=[faulty("HangingTree")])
+    assert run_worker(db, workdir, timeout=1.5) == 2
+    classifiers = db.get_classifiers(run.id)
+    assert [c.status for c in classifiers] == ["errored", "errored"]
+    assert all(c.error_message.startswith("timed out after 1.5 s") for c in classifiers)
+    assert db.get_datarun(run.id).status == "complete"
+    # no model or metrics file, whole or partial, was left behind
+    assert not list(workdir.glob("models/*")) and not list(workdir.glob("metrics/*"))
+
+
+def test_a_fit_that_kills_its_process_errors_its_classifier_only(db, workdir, demo, faulty):
+    dataset = registry.add_dataset(db, demo("iris"))
+    run = registry.add_datarun(db, dataset.id, budget=3,
+                               methods=[faulty("SuicidalTree"), "gnb"])
+    run_worker(db, workdir, timeout=60)
+    by_method = {}
+    for c in db.get_classifiers(run.id):
+        by_method.setdefault(db.get_hyperpartition(c.hyperpartition_id).method, []).append(c)
+    assert [c.status for c in by_method["gnb"]] == ["complete"]  # trained once, then done
+    killed = next(v for k, v in by_method.items() if k.endswith("SuicidalTree.json"))
+    assert len(killed) == 2
+    assert all(c.status == "errored" and "killed by SIGKILL" in c.error_message
+               for c in killed)
+    assert db.get_datarun(run.id).status == "complete"
+
+
+def test_a_fit_that_raises_records_its_traceback_in_process_too(db, workdir, demo):
+    # timeout 0 runs the fit in the worker's own process: same outcome for a plain error
+    dataset = registry.add_dataset(db, demo("iris"))
+    run = registry.add_datarun(db, dataset.id, budget=2, methods=["logreg"])
+    (workdir / "iris.csv").write_text("not,the,same\n1,2,3\n")  # the file changed under us
+    run_worker(db, workdir, timeout=0)
+    classifiers = db.get_classifiers(run.id)
+    assert [c.status for c in classifiers] == ["errored", "errored"]
+    assert all("Traceback" in c.error_message and "has no column 'class'" in c.error_message
+               for c in classifiers)
