@@ -63,6 +63,9 @@ def _settings_parent() -> argparse.ArgumentParser:
     group.add_argument("--log-file", metavar="FILE", help="log file of background processes "
                                                           "(atm.log)")
     group.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING... (INFO)")
+    group.add_argument("--classifier-timeout", type=float, metavar="SECONDS",
+                       help="stop a classifier's fit after this long and record it as "
+                            "errored (900; 0 = no limit)")
     group.add_argument("-v", "--verbose", action="count", default=0, help="log debug lines")
     return parent
 
@@ -165,6 +168,7 @@ def worker_options(settings: Settings) -> Any:
         heartbeat_interval=settings.heartbeat_interval,
         heartbeat_grace=settings.heartbeat_grace,
         poll_interval=settings.poll_interval,
+        classifier_timeout=settings.classifier_timeout or None,
     )
 
 
@@ -180,6 +184,194 @@ def install_stop_handlers(request_stop: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+# -- the service: server, start, stop, status, restart ------------------------------------
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the REST API in the foreground (waitress; Flask's dev server with --debug)."""
+    from atm import daemon
+
+    daemon.run_api_server(settings, debug=args.debug)
+    return 0
+
+
+def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
+    """Start the REST server and a pool of workers in the background."""
+    return _start(args, _resolve_paths(settings))
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    """Stop the ATM instance of a pid file (workers finish their current classifier)."""
+    return _stop(args, _resolve_paths(settings), restarting=False)
+
+
+def cmd_restart(args: argparse.Namespace, settings: Settings) -> int:
+    """Stop the ATM instance of a pid file (if any), then start it with these options."""
+    settings = _resolve_paths(settings)
+    code = _stop(args, settings, restarting=True)
+    return code if code else _start(args, settings)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Say whether ATM runs, with how many workers, where, and on which dataruns."""
+    from atm import daemon
+
+    status = daemon.instance_status(_resolve_paths(settings).pid)
+    if status is None:
+        print("ATM is not running.")
+        return 1
+    print(f"ATM is running with {_workers_text(status.workers)}")
+    if status.server_url:
+        print(f"ATM REST server is listening on {status.server_url}")
+    _print_unfinished_dataruns(settings)
+    return 0
+
+
+def _resolve_paths(settings: Settings) -> Settings:
+    """Absolute pid and log paths: the daemon, status and stop must agree on them."""
+    return settings.replace(pid=os.path.abspath(settings.pid),
+                            log_file=os.path.abspath(settings.log_file))
+
+
+def _workers_text(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
+
+
+def _start(args: argparse.Namespace, settings: Settings) -> int:
+    from atm import daemon
+
+    serve = not args.no_server
+    if settings.workers < 0 or (settings.workers == 0 and not serve):
+        raise CommandError(f"--workers must be at least {0 if serve else 1}, "
+                           f"got {settings.workers}")
+    running = daemon.find_supervisor(settings.pid)
+    if running is not None:
+        raise CommandError(f"ATM is already running! (pid {running.pid}, pid file "
+                           f"{settings.pid}); stop it with `atm stop`, or run a second "
+                           f"instance with another --pid (and --port, or --no-server)")
+    stale = daemon.remove_stale_pid_file(settings.pid)
+    if stale is not None:
+        print(f"removed the stale pid file {settings.pid} (pid {stale} is not a running ATM)",
+              file=sys.stderr)
+    _check_database(settings.sql_url)
+    if serve:
+        daemon.listen_socket(settings.host, settings.port).close()
+    hooks = daemon.ServiceHooks(
+        configure_logging=lambda role: configure_logging(
+            settings, role, to_file=not args.foreground, verbose=args.verbose),
+        install_stop_handlers=install_stop_handlers,
+        worker_options=worker_options(settings),
+    )
+    if args.foreground:
+        hooks.configure_logging("supervisor")
+        return daemon.run_instance(settings, settings.workers, serve, hooks,
+                                   report=lambda message: _print_started(message, None))
+    report = daemon.start_background(settings, settings.workers, serve, hooks)
+    _print_started(report, settings.log_file)
+    return 0
+
+
+def _print_started(report: dict[str, Any], log_file: str | None) -> None:
+    if not report.get("ok"):
+        print(f"atm start: error: {report.get('error')}", file=sys.stderr)
+        return
+    log = f"; log {log_file}" if log_file else ""
+    print(f"ATM is running with {_workers_text(report['workers'])} (pid {report['pid']}{log})")
+    if report.get("url"):
+        print(f"ATM REST server is listening on {report['url']}")
+    sys.stdout.flush()
+
+
+def _check_database(url: str) -> None:
+    """Fail early, before daemonizing, if the database cannot be used."""
+    from sqlalchemy.engine import make_url
+
+    from atm.database import Database
+
+    try:
+        Database(url).dispose()
+    except Exception as e:  # any driver error: report it in one line
+        shown = make_url(url).render_as_string(hide_password=True)
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CommandError(f"cannot use the database {shown}: {detail}") from e
+
+
+def _stop(args: argparse.Namespace, settings: Settings, restarting: bool) -> int:
+    from atm import daemon
+
+    outcome = daemon.stop_instance(settings.pid, args.timeout, args.force)
+    if outcome == "not running":
+        if not restarting:
+            print("ATM is not running.")
+        return 0
+    if outcome == "timeout":
+        print(f"ATM (pid file {settings.pid}) did not stop within {args.timeout:g} s; its "
+              f"workers may still be finishing a classifier."
+              f"{' Not starting it again.' if restarting else ''} Use --force to kill it.",
+              file=sys.stderr)
+        return 1
+    if outcome == "killed":
+        print(f"ATM did not stop within {args.timeout:g} s and was killed.")
+    else:
+        print("ATM stopped.")
+    return 0
+
+
+def _print_unfinished_dataruns(settings: Settings) -> None:
+    from sqlalchemy.engine import make_url
+
+    from atm.database import Database, score_of
+
+    url = make_url(settings.sql_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+            and not os.path.exists(url.database):
+        return  # no database here yet, so no dataruns (and do not create one)
+    try:
+        db = Database(settings.sql_url, create=False)
+        for run in db.get_unfinished_dataruns():
+            running = db.count_classifiers(run.id)[C.CLASSIFIER_RUNNING]
+            done = max(0, run.n_started - running)
+            budget = (f"{done}/{run.budget} classifiers" if run.budget_type == C.BUDGET_CLASSIFIER
+                      else f"{done} classifiers, {run.budget} minute budget")
+            best = db.get_best_classifier(run.id, run.score_target)
+            score = None if best is None else score_of(best, run.score_target)
+            best_text = ("no score yet" if score is None else
+                         f"best {run.score_target} {score:.4f} (classifier {best.id})")
+            print(f"datarun {run.id} on {run.dataset.name} ({run.status}): {budget} done, "
+                  f"{running} running, {best_text}")
+        db.dispose()
+    except Exception as e:  # status still answers when the database does not
+        print(f"(cannot read the dataruns: {type(e).__name__}: {e})", file=sys.stderr)
+
+
+# -- files: get_demos, make_config ----------------------------------------------------
+
+
+def cmd_get_demos(args: argparse.Namespace, settings: Settings) -> int:
+    """Copy the bundled demo CSVs into ./demos/ and describe them."""
+    from atm.demos import copy_demos
+
+    for demo in copy_demos(args.path, overwrite=args.force):
+        kept = "" if demo.copied else " (kept the file already there; --force replaces it)"
+        if demo.problem:
+            print(f"{demo.path}: not a usable dataset: {demo.problem}{kept}")
+        else:
+            print(f"{demo.path}: {demo.rows} rows, {demo.features} features, "
+                  f"{demo.classes} classes{kept}")
+    return 0
+
+
+def cmd_make_config(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a YAML file holding every setting with its default (load it with --config)."""
+    from atm.config import write_default_config
+
+    if os.path.exists(args.path) and not args.force:
+        raise CommandError(f"{args.path} already exists; use --force to overwrite it")
+    print(f"Generating file {args.path}")
+    write_default_config(args.path)
+    return 0
 
 
 # -- the table of subcommands ----------------------------------------------------------
@@ -209,9 +401,103 @@ def _add_worker(sub: Any, parent: argparse.ArgumentParser) -> None:
     parser.set_defaults(command=cmd_worker, cmd_name="worker", role="worker")
 
 
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("REST server")
+    group.add_argument("--host", help="address to listen on (127.0.0.1); env ATM_HOST")
+    group.add_argument("--port", type=int, help="port to listen on (5000); env ATM_PORT")
+    group.add_argument("--api-token", metavar="TOKEN",
+                       help="token the API requires for changes; env ATM_API_TOKEN")
+
+
+def _pid_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pid", metavar="FILE",
+                        help="pid file of the instance (atm.pid); env ATM_PID")
+
+
+def _start_options(parser: argparse.ArgumentParser) -> None:
+    _server_options(parser)
+    _pid_option(parser)
+    group = parser.add_argument_group("start")
+    group.add_argument("-w", "--workers", type=int, help="worker processes (1); env ATM_WORKERS")
+    group.add_argument("--no-server", action="store_true",
+                       help="start workers only (e.g. to add workers to a running ATM)")
+    group.add_argument("--foreground", action="store_true",
+                       help="stay in the foreground, logging to the terminal")
+
+
+def _stop_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("stop")
+    group.add_argument("-t", "--timeout", type=float, default=5.0,
+                       help="seconds to wait for ATM to stop (5)")
+    group.add_argument("-f", "--force", action="store_true",
+                       help="kill ATM (its whole process tree) if it does not stop in time")
+
+
+def _add_server(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("server", parents=[parent], help=cmd_server.__doc__,
+                            description=cmd_server.__doc__)
+    _server_options(parser)
+    parser.add_argument("--debug", action="store_true",
+                        help="Flask's development server, with the debugger and reloader")
+    parser.set_defaults(command=cmd_server, cmd_name="server", role="server")
+
+
+def _add_start(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("start", parents=[parent], help=cmd_start.__doc__,
+                            description=cmd_start.__doc__)
+    _start_options(parser)
+    parser.set_defaults(command=cmd_start, cmd_name="start", role="cli")
+
+
+def _add_stop(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("stop", parents=[parent], help=cmd_stop.__doc__,
+                            description=cmd_stop.__doc__)
+    _pid_option(parser)
+    _stop_options(parser)
+    parser.set_defaults(command=cmd_stop, cmd_name="stop", role="cli")
+
+
+def _add_status(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("status", parents=[parent], help=cmd_status.__doc__,
+                            description=cmd_status.__doc__)
+    _pid_option(parser)
+    parser.set_defaults(command=cmd_status, cmd_name="status", role="cli")
+
+
+def _add_restart(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("restart", parents=[parent], help=cmd_restart.__doc__,
+                            description=cmd_restart.__doc__)
+    _start_options(parser)
+    _stop_options(parser)
+    parser.set_defaults(command=cmd_restart, cmd_name="restart", role="cli")
+
+
+def _add_get_demos(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("get_demos", parents=[parent], help=cmd_get_demos.__doc__,
+                            description=cmd_get_demos.__doc__)
+    parser.add_argument("--path", default="demos", help="folder to copy them to (demos)")
+    parser.add_argument("--force", action="store_true", help="replace files already there")
+    parser.set_defaults(command=cmd_get_demos, cmd_name="get_demos", role="cli")
+
+
+def _add_make_config(sub: Any, parent: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("make_config", parents=[parent], help=cmd_make_config.__doc__,
+                            description=cmd_make_config.__doc__)
+    parser.add_argument("--path", default="atm.yaml", help="file to write (atm.yaml)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    parser.set_defaults(command=cmd_make_config, cmd_name="make_config", role="cli")
+
+
 SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_enter_data,
     _add_worker,
+    _add_server,
+    _add_start,
+    _add_stop,
+    _add_status,
+    _add_restart,
+    _add_get_demos,
+    _add_make_config,
 ]
 
 
@@ -232,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name, None) for name in (
         "sql_url", "models_dir", "metrics_dir", "log_file", "log_level", "host", "port",
-        "workers", "pid", "api_token")}
+        "workers", "pid", "api_token", "classifier_timeout")}
     return load_settings(getattr(args, "config", None), overrides)
 
 
