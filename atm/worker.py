@@ -255,12 +255,12 @@ class Worker:
             data = self._data(run)
             scores, model_path, metrics_path = run_with_time_limit(
                 fit_and_save, self.options.classifier_timeout)
-            heartbeat.stop()
-            recorded = self.db.complete_classifier(
-                classifier_id, self.worker_id, model_location=model_path,
-                metrics_location=metrics_path, cv_score=scores["cv"],
-                cv_stdev=scores["cv_stdev"], test_score=scores["test"],
+            recorded = self._record_patiently(
+                self.db.complete_classifier, classifier_id, self.worker_id,
+                model_location=model_path, metrics_location=metrics_path,
+                cv_score=scores["cv"], cv_stdev=scores["cv_stdev"], test_score=scores["test"],
             )
+            heartbeat.stop()
             if not recorded:
                 LOGGER.warning("classifier %s was reaped while it ran; its result is dropped",
                                classifier_id)
@@ -285,6 +285,19 @@ class Worker:
             self.db.hand_back_classifier(classifier_id, self.worker_id,
                                          "worker stopped before the classifier finished")
             raise
+
+    def _record_patiently(self, record: Any, *args: Any, **kwargs: Any) -> bool:
+        """Record a finished classifier, waiting out a database outage: the result is
+        good, so it is kept until the database is back (compare-and-set: never twice)."""
+        delay = self.options.poll_interval
+        while True:
+            try:
+                return record(*args, **kwargs)
+            except DatabaseUnavailableError as e:
+                LOGGER.error("cannot record classifier %s yet (database unavailable: %s); "
+                             "retrying in %.0fs", args[0], e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _log_result(self, run: Datarun, partition: Hyperpartition, classifier_id: int,
                     metric: str, scores: dict[str, Any], seconds: float) -> None:
