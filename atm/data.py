@@ -23,40 +23,56 @@ from atm.exceptions import InvalidInputError
 # An unnamed first column that just numbers the rows is an index written by
 # pandas, not a feature (the original ATM trained on it: its bug #14).
 _UNNAMED = "Unnamed: 0"
+# pandas decompresses these by their suffix
+_COMPRESSED = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}
 
 
 def read_csv(path: str | os.PathLike, what: str = "CSV") -> pd.DataFrame:
     """Read a comma-separated file with a header row, or raise InvalidInputError."""
     file = Path(path)
+    field = "test_path" if what == "test" else "train_path"
     if not file.exists():
-        raise InvalidInputError(f"{what} file {str(path)!r} does not exist", field="train_path")
+        raise InvalidInputError(f"{what} file {str(path)!r} does not exist", field=field)
     if not file.is_file():
-        raise InvalidInputError(f"{what} path {str(path)!r} is not a file", field="train_path")
+        raise InvalidInputError(f"{what} path {str(path)!r} is not a file", field=field)
     if file.stat().st_size == 0:
-        raise InvalidInputError(f"{what} file {str(path)!r} is empty", field="train_path")
+        raise InvalidInputError(f"{what} file {str(path)!r} is empty", field=field)
+    if file.suffix.lower() not in _COMPRESSED and _has_nul_bytes(file):
+        # pandas reads NUL as a line break and would accept garbage rows.
+        raise InvalidInputError(
+            f"{what} file {str(path)!r} contains NUL bytes (is it a binary file?)", field=field
+        )
     try:
         frame = pd.read_csv(file, encoding="utf-8-sig", low_memory=False)
     except UnicodeDecodeError:
         raise InvalidInputError(
             f"{what} file {str(path)!r} is not UTF-8 text (is it a binary file?)",
-            field="train_path",
+            field=field,
         ) from None
     except pd.errors.EmptyDataError:
         raise InvalidInputError(
-            f"{what} file {str(path)!r} has no header row", field="train_path"
+            f"{what} file {str(path)!r} has no header row", field=field
         ) from None
     except (pd.errors.ParserError, csv.Error, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInputError(
-            f"{what} file {str(path)!r} is not a readable CSV: {first}", field="train_path"
+            f"{what} file {str(path)!r} is not a readable CSV: {first}", field=field
         ) from None
     frame = _drop_row_index(frame)
     _check_header(frame, path, what)
     if frame.empty:
         raise InvalidInputError(
-            f"{what} file {str(path)!r} has a header but no data rows", field="train_path"
+            f"{what} file {str(path)!r} has a header but no data rows", field=field
         )
     return frame
+
+
+def _has_nul_bytes(file: Path, chunk: int = 1 << 20) -> bool:
+    with open(file, "rb") as handle:
+        while block := handle.read(chunk):
+            if b"\x00" in block:
+                return True
+    return False
 
 
 def _drop_row_index(frame: pd.DataFrame) -> pd.DataFrame:
@@ -64,7 +80,8 @@ def _drop_row_index(frame: pd.DataFrame) -> pd.DataFrame:
         column = frame[_UNNAMED]
         if pd.api.types.is_integer_dtype(column) and len(column) > 0:
             start = int(column.iloc[0])
-            if start in (0, 1) and np.array_equal(column.to_numpy(), np.arange(start, start + len(column))):
+            numbered = np.arange(start, start + len(column))
+            if start in (0, 1) and np.array_equal(column.to_numpy(), numbered):
                 return frame.drop(columns=[_UNNAMED])
     return frame
 
@@ -77,7 +94,8 @@ def _check_header(frame: pd.DataFrame, path: str | os.PathLike, what: str) -> No
             "and at least one feature column, separated by commas",
             field="train_path",
         )
-    empty = [i + 1 for i, name in enumerate(names) if name.startswith("Unnamed: ") or not name.strip()]
+    empty = [i + 1 for i, name in enumerate(names)
+             if name.startswith("Unnamed: ") or not name.strip()]
     if empty:
         raise InvalidInputError(
             f"{what} file {str(path)!r} has column(s) without a name at position(s) "
@@ -108,6 +126,10 @@ def split_features(frame: pd.DataFrame, class_column: str, path: str | os.PathLi
     frame = frame[frame[class_column].notna()]
     features = frame.drop(columns=[class_column])
     labels = frame[class_column]
+    if pd.api.types.is_float_dtype(labels) and labels.map(float.is_integer).all():
+        # A gap in an integer class column makes pandas read floats (3 -> 3.0);
+        # the labels are the integers the CSV holds.
+        labels = labels.astype("int64")
     return features, labels
 
 
@@ -156,15 +178,25 @@ def summarize_dataset(train_path: str, test_path: str | None = None,
     rows than cross-validation folds.
     """
     if not class_column or not str(class_column).strip():
-        raise InvalidInputError("class_column must be a non-empty column name", field="class_column")
+        raise InvalidInputError("class_column must be a non-empty column name",
+                                field="class_column")
     frame = read_csv(train_path, "train")
     features, labels = split_features(frame, class_column, train_path, "train")
     check_labels(labels, train_path)
     if features.shape[1] == 0:
-        raise InvalidInputError(f"train file {train_path!r} has no feature columns", field="train_path")
+        raise InvalidInputError(f"train file {train_path!r} has no feature columns",
+                                field="train_path")
     if test_path:
         test_frame = read_csv(test_path, "test")
-        test_features, _ = split_features(test_frame, class_column, test_path, "test")
+        test_features, test_labels = split_features(test_frame, class_column, test_path, "test")
+        train_classes = set(labels.astype(str))
+        unseen = sorted({str(v) for v in test_labels} - train_classes)
+        if unseen:
+            raise InvalidInputError(
+                f"test file {test_path!r} has class(es) the train file lacks: "
+                f"{', '.join(map(repr, unseen))}; a model cannot predict a class it never saw",
+                field="test_path",
+            )
         missing = [c for c in features.columns if c not in test_features.columns]
         if missing:
             raise InvalidInputError(
@@ -209,7 +241,8 @@ def load_dataset_frames(train_path: str, test_path: str | None,
                         class_column: str) -> tuple[pd.DataFrame, pd.Series,
                                                     pd.DataFrame | None, pd.Series | None]:
     """The features and labels of a registered dataset's train and test files."""
-    x_train, y_train = split_features(read_csv(train_path, "train"), class_column, train_path, "train")
+    x_train, y_train = split_features(read_csv(train_path, "train"), class_column, train_path,
+                                      "train")
     if not test_path:
         return x_train, y_train, None, None
     x_test, y_test = split_features(read_csv(test_path, "test"), class_column, test_path, "test")

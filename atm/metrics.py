@@ -65,7 +65,7 @@ def rank_accuracy(y_true: np.ndarray, y_score: np.ndarray, top_fraction: float =
     k = y_score.shape[1]
     top = max(1, int(round(top_fraction * k)))
     ranked = np.argsort(-y_score, axis=1)[:, :top]
-    return float(np.mean([truth in row for truth, row in zip(y_true, ranked)]))
+    return float(np.mean([truth in row for truth, row in zip(y_true, ranked, strict=True)]))
 
 
 def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray,

@@ -8,8 +8,9 @@ unless every check passed.
 from __future__ import annotations
 
 import random
-from datetime import datetime
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from atm import constants as C
 from atm.data import summarize_dataset
@@ -78,7 +79,8 @@ def parse_deadline(value: Any) -> datetime | None:
             f"deadline {value!r} is not a date; use 'YYYY-MM-DD HH:MM' (UTC)", field="deadline"
         ) from None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(tz=None).replace(tzinfo=None)
+        # Stored naive in UTC, as the database clock it is compared with.
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
     return parsed
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from baytune import selection
@@ -195,5 +196,11 @@ def select_partition(selector: str, scores: dict[int, list[float]], k_window: in
     offered = {"choices": choices, "k": k_window, "by_algorithm": by_algorithm}
     accepted = inspect.signature(cls.__init__).parameters
     instance = cls(**{name: value for name, value in offered.items() if name in accepted})
-    choice = instance.select({c: list(s) for c, s in scores.items()})
+    if selector == "recentk":
+        # BTB's RecentKReward keeps the *first* k scores of each list; give it the
+        # newest first so that it judges by the k most recent ones (the original
+        # ATM passed oldest first and so kept the oldest k).
+        choice = instance.select({c: list(s)[::-1] for c, s in scores.items()})
+    else:
+        choice = instance.select({c: list(s) for c, s in scores.items()})
     return int(choice.item() if isinstance(choice, np.generic) else choice)

@@ -210,7 +210,7 @@ def test_recentk_judges_a_partition_by_its_k_window_most_recent_scores():
     # scores are oldest first: partition 1 improved lately, partition 2 got worse
     scores = {1: [0.1, 0.1, 0.1, 0.9, 0.9, 0.9], 2: [0.9, 0.9, 0.9, 0.1, 0.1, 0.1]}
     assert select_partition("recentk", scores, k_window=3, methods={}) == 1
-    # with a window covering the whole history both look the same: 2's mean is not higher
+    # mirrored histories: the mirrored choice
     reversed_scores = {1: [0.9, 0.9, 0.9, 0.1, 0.1, 0.1], 2: [0.1, 0.1, 0.1, 0.9, 0.9, 0.9]}
     assert select_partition("recentk", reversed_scores, k_window=3, methods={}) == 2
 
