@@ -12,9 +12,10 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine, make_url
@@ -595,7 +596,9 @@ class Database:
                 C.WORKER_LOST_PREFIX
             ):
                 continue
-            value = _score_from_row(row, score_target) if row.status == C.CLASSIFIER_COMPLETE else None
+            value = None
+            if row.status == C.CLASSIFIER_COMPLETE:
+                value = _score_from_row(row, score_target)
             scores[row.hyperpartition_id].append(float(value) if value is not None else 0.0)
         return scores
 

@@ -90,7 +90,7 @@ def test_four_workers_finish_a_datarun_at_exact_budget(any_db, workdir, demo):
     models = [c.model_location for c in complete]
     assert len(set(models)) == len(models)
     assert all((workdir / m).is_file() and (workdir / c.metrics_location).is_file()
-               for m, c in zip(models, complete))
+               for m, c in zip(models, complete, strict=True))
     # more than one worker took part, and the run ended exactly once, complete
     assert len({c.worker_id for c in classifiers}) > 1
     finished = any_db.get_datarun(run.id)

@@ -4,7 +4,7 @@ changes, the budget-slot counter, heartbeats and reaping on the database clock."
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -69,7 +69,7 @@ def test_rows_round_trip_with_json_hyperparameters_and_readable_errors(any_db):
 def test_database_clock_is_utc(any_db):
     now = any_db.now()
     assert now.tzinfo is None
-    utc = datetime.now(timezone.utc).replace(tzinfo=None)
+    utc = datetime.now(UTC).replace(tzinfo=None)
     assert abs((utc - now).total_seconds()) < 120  # same zone, not hours apart
 
 

@@ -17,7 +17,6 @@ from atm.exceptions import InvalidInputError
 from atm.methods import (
     METHOD_CODES,
     HyperPartition,
-    Method,
     estimator_for,
     load_method,
     split_params,
@@ -159,9 +158,11 @@ def test_custom_method_partitions_train(tmp_path):
         ({"root_hyperparameters": ["solver", "momentum"]},
          "root hyperparameter 'momentum' is not defined in 'hyperparameters'"),
         ({"root_hyperparameters": ["solver", "solver"]}, "'solver' is listed twice"),
-        ({"class": "sklearn.nope.Classifier"}, "class 'sklearn.nope.Classifier' cannot be imported"),
+        ({"class": "sklearn.nope.Classifier"},
+         "class 'sklearn.nope.Classifier' cannot be imported"),
         ({"conditions": {}}, "unknown key(s) 'conditions'; allowed keys are:"),
-        ({"hyperparameters": {**CUSTOM["hyperparameters"], "n_iter": {"type": "int", "range": [5]}},
+        ({"hyperparameters": {**CUSTOM["hyperparameters"],
+                              "n_iter": {"type": "int", "range": [5]}},
           "root_hyperparameters": ["n_iter"]},
          "hyperparameter 'n_iter' is not a parameter of sklearn.neural_network.MLPClassifier"),
         ({"hyperparameters": {**CUSTOM["hyperparameters"],
@@ -220,7 +221,8 @@ def test_split_params_rebuilds_lists_separates_switches_and_converts_numpy():
 
 
 def test_split_params_rejects_missing_list_elements_and_unknown_names():
-    with pytest.raises(InvalidInputError, match=r"length 2 but no value for hidden_layer_sizes\[1\]"):
+    with pytest.raises(InvalidInputError,
+                       match=r"length 2 but no value for hidden_layer_sizes\[1\]"):
         split_params("mlp", {"len(hidden_layer_sizes)": 2, "hidden_layer_sizes[0]": 3})
     with pytest.raises(InvalidInputError, match="'n_iter' is not a parameter of .*SGDClassifier"):
         split_params("sgd", {"n_iter": 5})
@@ -274,7 +276,9 @@ def sample_tunables(tunables, rng):
             value = math.exp(rng.uniform(math.log(low), math.log(high)))
         else:
             value = rng.uniform(low, high)
-        values[name] = min(max(round(value), low), high) if spec["type"].startswith("int") else value
+        if spec["type"].startswith("int"):
+            value = min(max(round(value), low), high)
+        values[name] = value
     return values
 
 
