@@ -77,6 +77,11 @@ MAX_HYPERPARTITION_ERRORS = 3
 
 # error_message prefix of a classifier whose worker vanished
 WORKER_LOST_PREFIX = "worker lost"
+# error_message prefix of a classifier handed back because its files could not be written
+STORAGE_ERROR_PREFIX = "storage error"
+# Classifiers errored for these reasons were not at fault: their budget slot was returned,
+# and they count neither as a score for the selector nor as a hyperpartition error.
+HANDED_BACK_PREFIXES = (WORKER_LOST_PREFIX, STORAGE_ERROR_PREFIX)
 
 DATARUN_DEFAULTS = {
     "budget": 100,

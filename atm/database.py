@@ -499,7 +499,8 @@ class Database:
                 select(func.count()).where(
                     Classifier.hyperpartition_id == partition_id,
                     Classifier.status == C.CLASSIFIER_ERRORED,
-                    ~Classifier.error_message.startswith(C.WORKER_LOST_PREFIX),
+                    *[~Classifier.error_message.startswith(prefix)
+                      for prefix in C.HANDED_BACK_PREFIXES],
                 )
             )
             if errors > C.MAX_HYPERPARTITION_ERRORS:
@@ -535,12 +536,14 @@ class Database:
                 reaped.append(row.id)
         return reaped
 
-    def hand_back_classifier(self, classifier_id: int, worker_id: str, reason: str) -> bool:
-        """A worker that must stop mid-fit gives its classifier and budget slot back."""
+    def hand_back_classifier(self, classifier_id: int, worker_id: str, reason: str,
+                             prefix: str = C.WORKER_LOST_PREFIX) -> bool:
+        """A worker that must stop mid-fit, or cannot store its result, gives its
+        classifier and budget slot back (``prefix`` is one of HANDED_BACK_PREFIXES)."""
         classifier = self.get_classifier(classifier_id)
         return self._give_back(
             classifier_id, classifier.datarun_id,
-            f"{C.WORKER_LOST_PREFIX}: {reason} (worker {worker_id}); its budget slot was returned",
+            f"{prefix}: {reason} (worker {worker_id}); its budget slot was returned",
             Classifier.worker_id == worker_id,
         )
 
@@ -593,7 +596,7 @@ class Database:
             if row.hyperpartition_id not in scores:
                 continue
             if row.status == C.CLASSIFIER_ERRORED and (row.error_message or "").startswith(
-                C.WORKER_LOST_PREFIX
+                C.HANDED_BACK_PREFIXES
             ):
                 continue
             value = None

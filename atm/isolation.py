@@ -29,9 +29,11 @@ class FitFailed(ClassifierError):
     """A fit raised, ran out of time, or its process died; ``details`` is the traceback
     (or the reason) to record on the classifier."""
 
-    def __init__(self, message: str, details: str | None = None) -> None:
+    def __init__(self, message: str, details: str | None = None,
+                 kind: str | None = None) -> None:
         super().__init__(message)
         self.details = details or message
+        self.kind = kind  # class name of the exception the fit raised, if it raised
 
 
 def _die_with_parent() -> None:
@@ -54,7 +56,8 @@ def _child(fn: Callable[[], Any], conn: Connection, parent: int) -> None:
     try:
         result: tuple[str, Any] = ("ok", fn())
     except BaseException as e:  # everything goes back to the parent as text
-        result = ("error", (f"{type(e).__name__}: {e}", traceback.format_exc()))
+        result = ("error", (f"{type(e).__name__}: {e}", traceback.format_exc(),
+                            type(e).__name__))
     try:
         conn.send(result)
     finally:
@@ -84,8 +87,8 @@ def run_with_time_limit(fn: Callable[[], T], timeout: float | None) -> T:
         process.join()
         receiver.close()
     if status == "error":
-        summary, details = payload
-        raise FitFailed(summary, details)
+        summary, details, kind = payload
+        raise FitFailed(summary, details, kind)
     return payload
 
 

@@ -24,7 +24,7 @@ from atm import constants as C
 from atm.artifacts import artifact_stem, remove_partial_files, save_metrics, save_model
 from atm.data import load_dataset_frames
 from atm.database import Database
-from atm.exceptions import DatabaseUnavailableError
+from atm.exceptions import DatabaseUnavailableError, StorageError
 from atm.isolation import FitFailed, run_with_time_limit
 from atm.metrics import judgment_metric_for
 from atm.model import Model, holdout_split
@@ -73,10 +73,6 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=self.interval + 5)
 
 
-class _Stopped(Exception):
-    """Raised inside the loop when a stop was requested between classifiers."""
-
-
 class Worker:
     """One worker: trains classifiers for the unfinished dataruns it may serve."""
 
@@ -91,6 +87,7 @@ class Worker:
         self._frames: dict[int, tuple[Any, Any, Any, Any]] = {}
         self._partitions: dict[int, dict[int, Hyperpartition]] = {}
         self.classifiers_run = 0
+        self._storage_backoff = 0.0
 
     # -- control --------------------------------------------------------------
 
@@ -162,7 +159,8 @@ class Worker:
     # -- one classifier -------------------------------------------------------
 
     def work_on(self, run: Datarun) -> bool:
-        """Train one classifier for ``run`` if it has budget left; True if one ran."""
+        """Train one classifier for ``run`` if it has budget left; True if one ended
+        (complete or errored) here."""
         if self.stopping:
             return False
         if run.status == C.DATARUN_PENDING:
@@ -170,19 +168,19 @@ class Worker:
         if not self.db.reserve_budget_slot(run.id):
             self.db.complete_datarun_if_done(run.id)
             return False
-        used = False
+        used = ended = False
         try:
             choice = self._choose(run)
             if choice is not None:
                 partition, params = choice
                 used = True
-                self._train(run, partition, params)
+                ended = self._train(run, partition, params)
         finally:
             if not used:
                 self.db.release_budget_slot(run.id)
             if self.db.complete_datarun_if_done(run.id):
                 LOGGER.info("datarun %s has ended", run.id)
-        return used
+        return ended
 
     def _partition(self, run: Datarun, partition_id: int) -> Hyperpartition:
         cached = self._partitions.get(run.id)
@@ -233,7 +231,8 @@ class Worker:
             self._frames[run.id] = (x_train, y_train, x_test, y_test)
         return self._frames[run.id]
 
-    def _train(self, run: Datarun, partition: Hyperpartition, params: dict[str, Any]) -> None:
+    def _train(self, run: Datarun, partition: Hyperpartition, params: dict[str, Any]) -> bool:
+        """Fit, score and record one classifier; False if it was handed back or reaped."""
         classifier_id = self.db.start_classifier(
             run.id, partition.id, params, self.host, self.worker_id, os.getpid()
         )
@@ -268,17 +267,23 @@ class Worker:
                 for path in (model_path, metrics_path):
                     if path:
                         _remove_quietly(path)
-                return
+                return False
+            self._storage_backoff = 0.0
             self._log_result(run, partition, classifier_id, metric, scores,
                              time.monotonic() - began)
+            return True
         except Exception as e:
             heartbeat.stop()
             remove_partial_files(stem, self.options.models_dir, self.options.metrics_dir)
+            if isinstance(e, StorageError) or getattr(e, "kind", None) == "StorageError":
+                self._storage_failed(classifier_id, str(e).removeprefix("StorageError: "))
+                return False
             details = e.details if isinstance(e, FitFailed) else traceback.format_exc()
             self.db.mark_classifier_errored(classifier_id, self.worker_id, details)
             LOGGER.error("classifier %s (%s, hyperpartition %s) errored: %s",
                          classifier_id, partition.method, partition.id,
                          e if isinstance(e, FitFailed) else f"{type(e).__name__}: {e}")
+            return True
         except BaseException:
             # Stopped for good (second SIGTERM, Ctrl-C): hand the classifier back.
             heartbeat.stop()
@@ -286,6 +291,19 @@ class Worker:
             self.db.hand_back_classifier(classifier_id, self.worker_id,
                                          "worker stopped before the classifier finished")
             raise
+
+    def _storage_failed(self, classifier_id: int, reason: str) -> None:
+        """The files could not be written (disk full, directory not writable): not the
+        classifier's fault, so hand it and its budget slot back, and pause (doubling up
+        to a minute) instead of burning the budget on a broken disk."""
+        self.db.hand_back_classifier(classifier_id, self.worker_id, reason,
+                                     prefix=C.STORAGE_ERROR_PREFIX)
+        self._storage_backoff = min(max(2 * self._storage_backoff, self.options.poll_interval),
+                                    60.0)
+        LOGGER.error("classifier %s handed back: %s; fix the models/metrics directories "
+                     "(%s, %s); pausing %.1fs", classifier_id, reason, self.options.models_dir,
+                     self.options.metrics_dir, self._storage_backoff)
+        self._stop.wait(self._storage_backoff)
 
     def _record_patiently(self, record: Any, *args: Any, **kwargs: Any) -> bool:
         """Record a finished classifier, waiting out a database outage: the result is

@@ -95,3 +95,29 @@ def test_a_fit_that_raises_records_its_traceback_in_process_too(db, workdir, dem
     assert [c.status for c in classifiers] == ["errored", "errored"]
     assert all("Traceback" in c.error_message and "has no column 'class'" in c.error_message
                for c in classifiers)
+
+
+def test_an_unwritable_models_directory_hands_classifiers_back_and_pauses(
+        db, workdir, demo, caplog):
+    dataset = registry.add_dataset(db, demo("iris"))
+    run = registry.add_datarun(db, dataset.id, budget=2, methods=["dt"])
+    (workdir / "blocker").write_text("a file where the models directory should be")
+    options = WorkerOptions(models_dir=str(workdir / "blocker" / "models"),
+                            metrics_dir=str(workdir / "metrics"), poll_interval=0.1)
+    worker = Worker(db, options)
+    assert worker.run(total_time=2) == 0
+    failed = db.get_classifiers(run.id)
+    assert failed and all(c.status == "errored" for c in failed)
+    assert all(c.error_message.startswith("storage error: cannot write model file")
+               for c in failed)
+    # the budget was not spent on the broken disk, the partitions are not blamed, and
+    # every failure doubled the pause instead of spinning
+    assert db.get_datarun(run.id).n_started == 0
+    assert {p.status for p in db.get_hyperpartitions(run.id)} == {"incomplete"}
+    assert worker._storage_backoff == min(0.1 * 2 ** (len(failed) - 1), 60)
+    assert "fix the models/metrics directories" in caplog.text
+
+    (workdir / "blocker").unlink()  # the operator fixes the disk: the run completes
+    assert Worker(db, options).run() == 2
+    assert db.count_classifiers(run.id)["complete"] == 2
+    assert db.get_datarun(run.id).status == "complete"
