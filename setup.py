@@ -33,6 +33,7 @@ DEV_REQUIRES = [
     "ruff==0.17.6",
     "palmerpenguins==0.1.6",
     "requests==2.34.2",
+    "jsonschema==4.26.0",
 ]
 
 setup(
@@ -43,7 +44,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["atm", "atm.*"]),
-    package_data={"atm": ["methods/*.json", "methods/*.md", "demos/*.csv"]},
+    package_data={"atm": ["methods/*.json", "methods/*.md", "demos/*.csv",
+                          "api/templates/flasgger/*.html"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},

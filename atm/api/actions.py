@@ -154,7 +154,8 @@ def predict(classifier_id: int) -> ResponseReturnValue:
         classes = [_label(c) for c in probabilities.columns]
         result["classes"] = classes
         result["probabilities"] = [
-            {str(c): (float(p) if math.isfinite(p) else None) for c, p in zip(classes, row)}
+            {str(c): (float(p) if math.isfinite(p) else None)
+             for c, p in zip(classes, row, strict=True)}
             for row in probabilities.to_numpy(dtype=float)
         ]
     return jsonify(result)

@@ -101,6 +101,9 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         detail = error.description or ""
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            detail = (f"{request.method} is not allowed on {request.path}; allowed: "
+                      f"{', '.join(error.valid_methods)}")  # type: ignore[attr-defined]
         if status == 404:
             detail = f"no resource at {request.path}; see / for the API documentation"
         return problem(status, detail, headers=headers)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from atm.api.errors import invalid
 from atm.api.introspect import Resource
@@ -81,7 +82,7 @@ def _column_value(resource: Resource, name: str, value: Any, where: str) -> Any:
             pass
         else:
             if parsed.tzinfo is not None:  # stored times are naive UTC
-                parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+                parsed = parsed.astimezone(UTC).replace(tzinfo=None)
             return parsed
     elif kind not in (int, float, datetime) and isinstance(value, str) and "\x00" not in value:
         return value

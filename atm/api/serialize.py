@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import math
 import pickle
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
 from atm.api.introspect import ENCODED_SUFFIX, Resource, resource_of
 from atm.database import Database
