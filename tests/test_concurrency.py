@@ -146,7 +146,8 @@ def test_a_killed_worker_is_reaped_and_the_run_ends_at_exact_budget(any_db, work
     doomed = start_worker(any_db.url, workdir, **env)
     try:
         wait_for(lambda: any_db.get_classifiers(run.id, ["running"]), what="a running fit")
-        fit_processes = psutil.Process(doomed.pid).children(recursive=True)
+        fit_processes = wait_for(lambda: psutil.Process(doomed.pid).children(recursive=True),
+                                 what="the fit's process")
     finally:
         doomed.send_signal(signal.SIGKILL)
         doomed.communicate()
