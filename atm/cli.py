@@ -193,6 +193,10 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
     """Run the REST API in the foreground (waitress; Flask's dev server with --debug)."""
     from atm import daemon
 
+    def stop(_signum: int, _frame: Any) -> None:
+        raise SystemExit(0)  # the WSGI server closes its socket and returns
+
+    signal.signal(signal.SIGTERM, stop)
     daemon.run_api_server(settings, debug=args.debug)
     return 0
 
@@ -256,6 +260,13 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
         print(f"removed the stale pid file {settings.pid} (pid {stale} is not a running ATM)",
               file=sys.stderr)
     _check_database(settings.sql_url)
+    if not args.foreground:
+        try:
+            with open(settings.log_file, "a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            raise CommandError(f"cannot write the log file {settings.log_file}: {e.strerror}; "
+                               f"choose another with --log-file") from None
     if serve:
         daemon.listen_socket(settings.host, settings.port).close()
     hooks = daemon.ServiceHooks(

@@ -132,13 +132,14 @@ def remove_stale_pid_file(pid_path: str | os.PathLike) -> int | None:
     pid = read_pid_file(path)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    LOGGER.warning("removed the stale pid file %s (pid %s is not a running ATM)", path, pid)
+    LOGGER.debug("removed the stale pid file %s (pid %s is not a running ATM)", path, pid)
     return pid if pid is not None else -1
 
 
 def write_pid_file(pid_path: str | os.PathLike) -> None:
     """Create the pid file holding this process's pid, atomically; fail if it exists."""
     path = Path(pid_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temp.write_text(f"{os.getpid()}\n")
     try:
@@ -420,6 +421,9 @@ class Supervisor:
         os.set_blocking(self._events_r, False)
         self._startup_timeout = startup_timeout
         try:
+            if any(c.role == "worker" for c in self.children):
+                # Imported once here, shared by every forked worker (and every restart).
+                import atm.worker  # noqa: F401
             self._start(startup_timeout)
         except StartError as e:
             LOGGER.error("ATM could not start: %s", e)
@@ -433,6 +437,7 @@ class Supervisor:
         if report:
             report({"ok": True, "pid": os.getpid(), "workers": workers,
                     "url": None if self.listen is None else self.url})
+        self._private_fds = ()  # closed by the report: the numbers may be reused now
         self._supervise()
         # The signal that ended _supervise was already forwarded: wait for the children.
         self._stop_children(grace=None, signal_first=False)
@@ -539,7 +544,7 @@ def run_instance(settings: Settings, workers: int, serve: bool, hooks: ServiceHo
     pid_path = Path(settings.pid)
     try:
         write_pid_file(pid_path)
-    except StartError as e:
+    except (StartError, OSError) as e:
         if report:
             report({"ok": False, "error": str(e)})
         return 1
@@ -629,12 +634,13 @@ def run_api_server(settings: Settings, debug: bool = False) -> None:
     development server with ``debug``)."""
     from atm.api import create_app
 
+    if debug:
+        if os.environ.get("WERKZEUG_RUN_MAIN") != "true":  # not the reloader's own child
+            listen_socket(settings.host, settings.port).close()  # a clear error if taken
+        create_app(settings).run(host=settings.host, port=settings.port, debug=True)
+        return
     sock = listen_socket(settings.host, settings.port)
     app = create_app(settings)
-    if debug:
-        sock.close()
-        app.run(host=settings.host, port=settings.port, debug=True)
-        return
     from waitress import serve
 
     LOGGER.info("ATM REST server is listening on http://%s:%s", settings.host, settings.port)
