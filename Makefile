@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help install test lint demos clean
+.PHONY: help install test lint demos bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,6 +25,12 @@ lint: ## ruff over the package and the tests
 
 demos: ## rebuild the demo CSVs from datasets shipped in installed packages
 	$(BIN)/python demos/build_demos.py
+
+bench: ## run every benchmark (BENCH_ARGS=--quick for a minutes-long pass); needs .[bench]
+	mkdir -p bench/results
+	for name in overhead scaling api quality; do \
+		$(BIN)/python bench/$$name.py $(BENCH_ARGS) --json bench/results/$$name.json || exit 1; \
+	done
 
 clean: ## remove build leftovers
 	rm -rf build dist *.egg-info .pytest_cache

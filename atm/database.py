@@ -726,13 +726,19 @@ class Database:
                 .where(Classifier.datarun_id.in_(ids))
                 .group_by(Classifier.datarun_id, Classifier.status)
             ).all()
-            complete = session.execute(
-                select(Classifier.id, Classifier.datarun_id, Classifier.cv_judgment_metric,
-                       Classifier.cv_judgment_metric_stdev, Classifier.test_judgment_metric)
-                .where(Classifier.datarun_id.in_(ids),
-                       Classifier.status == C.CLASSIFIER_COMPLETE)
-                .order_by(Classifier.id)
-            ).all()
+            # The best classifier of each run is found by the database (one indexed
+            # LIMIT 1 query per run), not by reading every complete row into Python:
+            # list pages of classifiers embed their datarun, so this runs per request.
+            best: dict[int, Any] = {}
+            for run in runs:
+                score = score_expression(run.score_target)
+                best[run.id] = session.execute(
+                    select(Classifier.id, score.label("score"))
+                    .where(Classifier.datarun_id == run.id,
+                           Classifier.status == C.CLASSIFIER_COMPLETE, score.is_not(None))
+                    .order_by(score.desc(), Classifier.id.asc())
+                    .limit(1)
+                ).first()
         progress: dict[int, dict[str, Any]] = {}
         for run in runs:
             elapsed = None
@@ -748,12 +754,10 @@ class Database:
             }
         for datarun_id, status, number in counts:
             progress[datarun_id][f"classifiers_{status}"] = int(number)
-        targets = {run.id: run.score_target for run in runs}
-        for row in complete:
-            score = _score_from_row(row, targets[row.datarun_id])
-            entry = progress[row.datarun_id]
-            if score is not None and (entry["best_score"] is None or score > entry["best_score"]):
-                entry["best_classifier_id"], entry["best_score"] = row.id, float(score)
+        for run_id, row in best.items():
+            if row is not None:
+                progress[run_id]["best_classifier_id"] = row.id
+                progress[run_id]["best_score"] = float(row.score)
         return progress
 
 

@@ -43,7 +43,7 @@ SELECTOR_CLASSES = {
 
 # The GP refit is cubic in the history; past this many records the tuner sees
 # the best half and the most recent half (keeps proposals fast on long runs).
-MAX_TUNER_HISTORY = 120
+MAX_TUNER_HISTORY = 60
 
 
 def check_tuner(code: str) -> str:
