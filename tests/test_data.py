@@ -70,7 +70,8 @@ def test_header_without_rows(db, workdir):
 
 def test_binary_file_that_is_not_utf8(db, workdir):
     (workdir / "image.csv").write_bytes(bytes(range(128, 256)) * 8)
-    assert_rejected(db, "train file 'image.csv' is not UTF-8 text (is it a binary file?)",
+    assert_rejected(db, "train file 'image.csv' is not UTF-8 text (is it a binary file?); "
+                        "save it as a UTF-8 CSV",
                     "image.csv")
 
 
@@ -96,14 +97,15 @@ def test_not_comma_separated(db, workdir):
     assert_rejected(
         db,
         "train file 'semi.csv' has 1 column(s); it needs a class column and at least one "
-        "feature column, separated by commas",
+        "feature column, separated by commas, but it seems to use ';'",
         "semi.csv",
     )
 
 
 def test_duplicate_column_names(db, workdir):
     write(workdir / "dup.csv", "a,a,class\n" + rows("x", 5) + rows("y", 5))
-    assert_rejected(db, "train file 'dup.csv' has duplicate column names: a", "dup.csv")
+    assert_rejected(db, "train file 'dup.csv' has duplicate column names: a; give every column "
+                        "its own name", "dup.csv")
 
 
 def test_class_column_absent_lists_the_columns(db, demo):
@@ -159,7 +161,7 @@ def iris_split(workdir):
     (None, "test file 'test_bad.csv' does not exist"),
     (b"", "test file 'test_bad.csv' is empty"),
     (bytes(range(128, 256)) * 4, "test file 'test_bad.csv' is not UTF-8 text (is it a binary "
-                                 "file?)"),
+                                 "file?); save it as a UTF-8 CSV"),
     (b"sepal_length_cm,class\n", "test file 'test_bad.csv' has a header but no data rows"),
     (b"sepal_length_cm,sepal_width_cm,label\n1,2,setosa\n",
      "test file 'test_bad.csv' has no column 'class'; columns are: sepal_length_cm, "
