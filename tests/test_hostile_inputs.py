@@ -447,8 +447,6 @@ def test_an_upload_past_the_limit_is_refused_and_not_kept(db, workdir):
     assert snapshot(db, workdir) == {**EMPTY, "uploads": []}
 
 
-@pytest.mark.xfail(strict=True, reason="atm/api: Werkzeug's MAX_CONTENT_LENGTH answers first, "
-                                       "with its generic 'exceeds the capacity limit' text")
 def test_an_upload_past_the_limit_is_told_the_limit(db, workdir):
     response = upload_past_the_limit(db, workdir)
     assert "5 MB" in response.get_json()["detail"]

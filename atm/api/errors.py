@@ -6,7 +6,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, json, request
+from flask import Flask, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from atm.exceptions import (
@@ -106,6 +106,11 @@ def register_error_handlers(app: Flask) -> None:
                       f"{', '.join(error.valid_methods)}")  # type: ignore[attr-defined]
         if status == 404:
             detail = f"no resource at {request.path}; see / for the API documentation"
+        if status == 413:
+            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            if limit:
+                detail = (f"the request is larger than the upload limit of {limit / 1e6:g} MB "
+                          "(setting max_upload_mb)")
         return problem(status, detail, headers=headers)
 
     @app.errorhandler(Exception)
