@@ -330,8 +330,10 @@ def summarize_dataset(train_path: str, test_path: str | None = None,
         # a name derived from a long file name is shortened, not refused
         name=name or Path(train_path).stem[:_MAX_NAME],
         description=description,
-        train_path=str(train_path),
-        test_path=str(test_path) if test_path else None,
+        # Absolute: a worker started in another directory (or on another machine that
+        # mounts the same share) must find the file.
+        train_path=str(Path(train_path).resolve()),
+        test_path=str(Path(test_path).resolve()) if test_path else None,
         class_column=class_column,
         n_examples=int(len(labels)),
         k_classes=int(len(counts)),

@@ -5,6 +5,7 @@ import csv
 import gzip
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import DEMOS
@@ -230,7 +231,7 @@ def test_metadata_of_the_demos(db, demo, name, known):
     expected = expected_metadata(path)
     assert {k: expected[k] for k in known} == known  # the independent computation is sane
     assert dataset.name == name  # default name: the file stem
-    assert dataset.train_path == path and dataset.test_path is None
+    assert dataset.train_path == str(Path(path).resolve()) and dataset.test_path is None
     assert dataset.class_column == "class"
     for key in ("n_examples", "k_classes", "d_features", "size_kb"):
         assert getattr(dataset, key) == expected[key], key
@@ -249,7 +250,8 @@ def test_name_description_class_column_and_test_path_are_kept(db, workdir, iris_
     dataset = registry.add_dataset(db, "renamed.csv", "renamed_test.csv", class_column="species",
                                    name="flowers", description="iris, renamed")
     assert (dataset.name, dataset.description) == ("flowers", "iris, renamed")
-    assert (dataset.class_column, dataset.test_path) == ("species", "renamed_test.csv")
+    assert dataset.class_column == "species"
+    assert dataset.test_path == str((workdir / "renamed_test.csv").resolve())
     assert dataset.n_examples == 100  # the train rows only
     assert dataset.majority == pytest.approx(34 / 100)
 
