@@ -21,14 +21,13 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from atm import constants as C
-from atm.artifacts import artifact_stem, remove_partial_files, save_metrics, save_model
-from atm.data import load_dataset_frames
+from atm.artifacts import artifact_stem, remove_partial_files
 from atm.database import Database
 from atm.exceptions import DatabaseUnavailableError, StorageError
-from atm.isolation import FitFailed, run_with_time_limit
+from atm.isolation import FitFailed, FitProcess
 from atm.metrics import judgment_metric_for
-from atm.model import Model, holdout_split
 from atm.models import Datarun, Hyperpartition
+from atm.training import FitTask, train_and_save
 from atm.tuning import propose, select_partition
 
 LOGGER = logging.getLogger(__name__)
@@ -84,7 +83,9 @@ class Worker:
         self.host = socket.gethostname()
         self.worker_id = worker_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
-        self._frames: dict[int, tuple[Any, Any, Any, Any]] = {}
+        # One long-lived fit process per worker when fits have a time limit.
+        timeout = self.options.classifier_timeout
+        self._fitter = FitProcess(train_and_save) if timeout else None
         self._partitions: dict[int, dict[int, Hyperpartition]] = {}
         self.classifiers_run = 0
         self._storage_backoff = 0.0
@@ -107,7 +108,11 @@ class Worker:
         """
         # One core per worker (BLAS and OpenMP pools included), so N workers scale on N cores.
         with threadpool_limits(limits=1):
-            trained = self._loop(wait, total_time, max_classifiers)
+            try:
+                trained = self._loop(wait, total_time, max_classifiers)
+            finally:
+                if self._fitter is not None:
+                    self._fitter.close()
         self.classifiers_run += trained
         return trained
 
@@ -220,41 +225,33 @@ class Worker:
         params.update(proposal)
         return params
 
-    def _data(self, run: Datarun) -> tuple[Any, Any, Any, Any]:
-        if run.id not in self._frames:
-            dataset = run.dataset
-            x_train, y_train, x_test, y_test = load_dataset_frames(
-                dataset.train_path, dataset.test_path, dataset.class_column
-            )
-            if x_test is None:
-                x_train, x_test, y_train, y_test = holdout_split(x_train, y_train, run.random_seed)
-            self._frames[run.id] = (x_train, y_train, x_test, y_test)
-        return self._frames[run.id]
-
     def _train(self, run: Datarun, partition: Hyperpartition, params: dict[str, Any]) -> bool:
         """Fit, score and record one classifier; False if it was handed back or reaped."""
         classifier_id = self.db.start_classifier(
             run.id, partition.id, params, self.host, self.worker_id, os.getpid()
         )
+        if self._fitter is not None:
+            self._fitter.ensure_started()  # before the heartbeat thread: fork copies one thread
         heartbeat = _Heartbeat(self.db, classifier_id, self.worker_id,
                                self.options.heartbeat_interval)
         heartbeat.start()
         began = time.monotonic()
         metric = judgment_metric_for(run.metric, run.dataset.k_classes)
         stem = artifact_stem(run.dataset.name, run.id, classifier_id)
-
-        def fit_and_save() -> tuple[dict[str, Any], str | None, str | None]:
-            model = Model(partition.method, params, metric, random_state=run.random_seed)
-            scores = model.train_test(*data)
-            if not self.options.save_files:
-                return scores, None, None
-            return (scores, save_model(model, self.options.models_dir, stem),
-                    save_metrics(model, self.options.metrics_dir, stem))
-
+        save = self.options.save_files
+        task = FitTask(
+            method=partition.method, params=params, judgment_metric=metric,
+            seed=run.random_seed, train_path=run.dataset.train_path,
+            test_path=run.dataset.test_path, class_column=run.dataset.class_column, stem=stem,
+            models_dir=self.options.models_dir if save else None,
+            metrics_dir=self.options.metrics_dir if save else None,
+        )
         try:
-            data = self._data(run)
-            scores, model_path, metrics_path = run_with_time_limit(
-                fit_and_save, self.options.classifier_timeout)
+            if self._fitter is not None:
+                scores, model_path, metrics_path = self._fitter.run(
+                    task, self.options.classifier_timeout)
+            else:
+                scores, model_path, metrics_path = train_and_save(task)
             recorded = self._record_patiently(
                 self.db.complete_classifier, classifier_id, self.worker_id,
                 model_location=model_path, metrics_location=metrics_path,
