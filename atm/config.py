@@ -34,7 +34,7 @@ class Settings:
     heartbeat_interval: float = 5.0
     heartbeat_grace: float = 60.0
     # Seconds a worker sleeps when there is nothing to do (with --wait).
-    poll_interval: float = 2.0
+    poll_interval: float = 0.5
     # Seconds one classifier may take (cross-validation, final fit, files); past it the
     # fit is stopped and the classifier errored. 0: no limit (and no child process).
     classifier_timeout: float = 900.0

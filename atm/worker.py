@@ -42,7 +42,7 @@ class WorkerOptions:
     save_files: bool = True
     heartbeat_interval: float = 5.0
     heartbeat_grace: float = 60.0
-    poll_interval: float = 2.0
+    poll_interval: float = 0.5
     # Seconds one classifier (cross-validation, final fit and files) may take; it runs in
     # a child process that is killed past this. 0 or None: in-process, no limit.
     classifier_timeout: float | None = 900.0
@@ -89,6 +89,7 @@ class Worker:
         self._partitions: dict[int, dict[int, Hyperpartition]] = {}
         self.classifiers_run = 0
         self._storage_backoff = 0.0
+        self._last_reap = -float("inf")
 
     # -- control --------------------------------------------------------------
 
@@ -127,7 +128,7 @@ class Worker:
             if max_classifiers is not None and trained >= max_classifiers:
                 break
             try:
-                reaped = self.db.reap_stale_classifiers(self.options.heartbeat_grace)
+                reaped = self._reap_now_and_then()
                 runs = self.db.get_unfinished_dataruns(self.datarun_ids)
             except DatabaseUnavailableError as e:
                 LOGGER.error("database unavailable, retrying in %ss: %s",
@@ -149,6 +150,15 @@ class Worker:
             # to finish (or be reaped) rather than exit with work still open.
             self._stop.wait(self.options.poll_interval)
         return trained
+
+    def _reap_now_and_then(self) -> list[int]:
+        """Reap lost workers' classifiers, at most once per heartbeat interval (a stale
+        heartbeat cannot appear faster than that)."""
+        now = time.monotonic()
+        if now - self._last_reap < self.options.heartbeat_interval:
+            return []
+        self._last_reap = now
+        return self.db.reap_stale_classifiers(self.options.heartbeat_grace)
 
     def _work_on_safely(self, run: Datarun) -> bool:
         """:meth:`work_on`, but a failure outside a fit (database away, a tuner that
