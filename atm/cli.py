@@ -23,6 +23,7 @@ LOGGER = logging.getLogger("atm.cli")
 LOG_FORMAT = "%(asctime)s %(levelname)s [{role} %(process)d] %(name)s: %(message)s"
 
 Command = Callable[[argparse.Namespace, Settings], int]
+OptionAdder = Callable[[argparse.ArgumentParser], None]
 
 
 # -- logging ----------------------------------------------------------------------------
@@ -392,24 +393,13 @@ class CommandError(ATMError):
     """A usage problem the CLI reports in one line."""
 
 
-def _add_enter_data(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("enter_data", parents=[parent], help=cmd_enter_data.__doc__,
-                            description=cmd_enter_data.__doc__)
-    _dataset_options(parser)
-    _datarun_options(parser)
-    parser.set_defaults(command=cmd_enter_data, cmd_name="enter_data", role="cli")
-
-
-def _add_worker(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("worker", parents=[parent], help=cmd_worker.__doc__,
-                            description=cmd_worker.__doc__)
+def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataruns", nargs="+", type=int, metavar="ID",
                         help="work only on these dataruns")
     parser.add_argument("--total-time", type=float, metavar="SECONDS",
                         help="stop starting classifiers after this many seconds")
     parser.add_argument("--wait", action="store_true",
                         help="when there is no work, poll for new dataruns instead of exiting")
-    parser.set_defaults(command=cmd_worker, cmd_name="worker", role="worker")
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -444,71 +434,33 @@ def _stop_options(parser: argparse.ArgumentParser) -> None:
                        help="kill ATM (its whole process tree) if it does not stop in time")
 
 
-def _add_server(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("server", parents=[parent], help=cmd_server.__doc__,
-                            description=cmd_server.__doc__)
-    _server_options(parser)
+def _debug_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help="Flask's development server, with the debugger and reloader")
-    parser.set_defaults(command=cmd_server, cmd_name="server", role="server")
 
 
-def _add_start(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("start", parents=[parent], help=cmd_start.__doc__,
-                            description=cmd_start.__doc__)
-    _start_options(parser)
-    parser.set_defaults(command=cmd_start, cmd_name="start", role="cli")
+def _file_options(default: str, what: str, force_help: str) -> OptionAdder:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--path", default=default, help=f"{what} ({default})")
+        parser.add_argument("--force", action="store_true", help=force_help)
+
+    return add
 
 
-def _add_stop(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("stop", parents=[parent], help=cmd_stop.__doc__,
-                            description=cmd_stop.__doc__)
-    _pid_option(parser)
-    _stop_options(parser)
-    parser.set_defaults(command=cmd_stop, cmd_name="stop", role="cli")
-
-
-def _add_status(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("status", parents=[parent], help=cmd_status.__doc__,
-                            description=cmd_status.__doc__)
-    _pid_option(parser)
-    parser.set_defaults(command=cmd_status, cmd_name="status", role="cli")
-
-
-def _add_restart(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("restart", parents=[parent], help=cmd_restart.__doc__,
-                            description=cmd_restart.__doc__)
-    _start_options(parser)
-    _stop_options(parser)
-    parser.set_defaults(command=cmd_restart, cmd_name="restart", role="cli")
-
-
-def _add_get_demos(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("get_demos", parents=[parent], help=cmd_get_demos.__doc__,
-                            description=cmd_get_demos.__doc__)
-    parser.add_argument("--path", default="demos", help="folder to copy them to (demos)")
-    parser.add_argument("--force", action="store_true", help="replace files already there")
-    parser.set_defaults(command=cmd_get_demos, cmd_name="get_demos", role="cli")
-
-
-def _add_make_config(sub: Any, parent: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("make_config", parents=[parent], help=cmd_make_config.__doc__,
-                            description=cmd_make_config.__doc__)
-    parser.add_argument("--path", default="atm.yaml", help="file to write (atm.yaml)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
-    parser.set_defaults(command=cmd_make_config, cmd_name="make_config", role="cli")
-
-
-SUBCOMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
-    _add_enter_data,
-    _add_worker,
-    _add_server,
-    _add_start,
-    _add_stop,
-    _add_status,
-    _add_restart,
-    _add_get_demos,
-    _add_make_config,
+# The table of subcommands: name, function (its docstring is the help), the role its log
+# lines carry, and the option groups it takes besides the shared settings.
+SUBCOMMANDS: list[tuple[str, Command, str, tuple[OptionAdder, ...]]] = [
+    ("enter_data", cmd_enter_data, "cli", (_dataset_options, _datarun_options)),
+    ("worker", cmd_worker, "worker", (_worker_options,)),
+    ("server", cmd_server, "server", (_server_options, _debug_option)),
+    ("start", cmd_start, "cli", (_start_options,)),
+    ("stop", cmd_stop, "cli", (_pid_option, _stop_options)),
+    ("status", cmd_status, "cli", (_pid_option,)),
+    ("restart", cmd_restart, "cli", (_start_options, _stop_options)),
+    ("get_demos", cmd_get_demos, "cli",
+     (_file_options("demos", "folder to copy them to", "replace files already there"),)),
+    ("make_config", cmd_make_config, "cli",
+     (_file_options("atm.yaml", "file to write", "overwrite an existing file"),)),
 ]
 
 
@@ -521,8 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"atm {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     parent = _settings_parent()
-    for add in SUBCOMMANDS:
-        add(sub, parent)
+    for name, command, role, option_groups in SUBCOMMANDS:
+        doc = command.__doc__
+        subparser = sub.add_parser(name, parents=[parent], help=doc, description=doc)
+        for add_options in option_groups:
+            add_options(subparser)
+        subparser.set_defaults(command=command, cmd_name=name, role=role)
     return parser
 
 
