@@ -56,12 +56,9 @@ done = function(summary, latency, requests)
   io.write(string.format("REQUESTS %d\\n", summary.requests))
   local e = summary.errors
   io.write(string.format("ERRORS %d %d\\n", e.status, e.connect + e.read + e.write + e.timeout))
-  local i = 1
-  while true do
+  for i = 1, #latency do  -- #latency: the number of distinct values
     local value, count = latency(i)
-    if count == nil or count == 0 then break end
     io.write(string.format("H %d %d\\n", value, count))
-    i = i + 1
   end
 end
 """
@@ -130,14 +127,14 @@ class WrkLoad(threading.Thread):
         self.histogram: dict[int, int] = {}
         self.requests = self.non_2xx = self.socket_errors = 0
         self.seconds = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             began = time.perf_counter()
             output = subprocess.run(
                 ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{WRK_ROUND_S}s", "-s", str(self.script),
-                 self.url], capture_output=True, text=True).stdout
+                 self.url], capture_output=True, text=True, timeout=WRK_ROUND_S + 60).stdout
             self.seconds += time.perf_counter() - began
             for line in output.splitlines():
                 parts = line.split()
@@ -151,7 +148,7 @@ class WrkLoad(threading.Thread):
                     self.histogram[value] = self.histogram.get(value, 0) + count
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def percentile_ms(self, q: float) -> float:
@@ -177,13 +174,13 @@ class PythonLoad(threading.Thread):
         self.latencies: list[float] = []
         self.requests = self.non_2xx = self.socket_errors = 0
         self.seconds = 0.0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def _client(self) -> None:
         import requests
 
         with requests.Session() as session:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 began = time.perf_counter()
                 try:
                     response = session.get(self.url, timeout=30)
@@ -205,7 +202,7 @@ class PythonLoad(threading.Thread):
         self.requests = len(self.latencies)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def percentile_ms(self, q: float) -> float:
@@ -300,11 +297,13 @@ def one_round(root: Path, url: str, budget: int, load_class: Any | None) -> dict
                 raise RuntimeError("the workers did not finish within 30 minutes")
             time.sleep(0.2)
         wall = time.perf_counter() - began
-        if load is not None:
-            load.stop()
     finally:
-        for proc in [*procs, *([server] if server else [])]:
-            stop_process(proc)
+        try:
+            if load is not None:
+                load.stop()
+        finally:
+            for proc in [*procs, *([server] if server else [])]:
+                stop_process(proc)
     classifiers = db.get_classifiers()
     runs = [db.get_datarun(run_id) for run_id in priorities]
     exact = all(r.status == C.DATARUN_COMPLETE and r.n_started == budget for r in runs) and \
