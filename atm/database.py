@@ -423,8 +423,20 @@ class Database:
     def start_classifier(self, datarun_id: int, hyperpartition_id: int,
                          hyperparameter_values: dict[str, Any], host: str,
                          worker_id: str, pid: int) -> int:
-        """Insert a ``running`` classifier with a fresh heartbeat; returns its id."""
+        """Insert a ``running`` classifier with a fresh heartbeat; returns its id.
+
+        A worker runs one classifier at a time, so a running row of ``worker_id`` can only
+        come from an earlier attempt of this call whose commit went through before its
+        connection dropped: that row is returned instead of inserting a second one.
+        """
         with self.session_scope(write=True) as session:
+            earlier = session.scalar(
+                select(Classifier.id).where(Classifier.worker_id == worker_id,
+                                            Classifier.status == C.CLASSIFIER_RUNNING,
+                                            Classifier.datarun_id == datarun_id)
+            )
+            if earlier is not None:
+                return earlier
             classifier = Classifier(
                 datarun_id=datarun_id,
                 hyperpartition_id=hyperpartition_id,

@@ -188,8 +188,10 @@ class Worker:
             choice = self._choose(run)
             if choice is not None:
                 partition, params = choice
-                used = True
-                ended = self._train(run, partition, params)
+                classifier_id = self.db.start_classifier(
+                    run.id, partition.id, params, self.host, self.worker_id, os.getpid())
+                used = True  # the slot now belongs to a row: reaping or the end frees it
+                ended = self._train(run, partition, params, classifier_id)
         finally:
             if not used:
                 self.db.release_budget_slot(run.id)
@@ -235,11 +237,10 @@ class Worker:
         params.update(proposal)
         return params
 
-    def _train(self, run: Datarun, partition: Hyperpartition, params: dict[str, Any]) -> bool:
-        """Fit, score and record one classifier; False if it was handed back or reaped."""
-        classifier_id = self.db.start_classifier(
-            run.id, partition.id, params, self.host, self.worker_id, os.getpid()
-        )
+    def _train(self, run: Datarun, partition: Hyperpartition, params: dict[str, Any],
+               classifier_id: int) -> bool:
+        """Fit, score and record one started classifier; False if it was handed back or
+        reaped."""
         if self._fitter is not None:
             self._fitter.ensure_started()  # before the heartbeat thread: fork copies one thread
         heartbeat = _Heartbeat(self.db, classifier_id, self.worker_id,

@@ -12,6 +12,7 @@ import pytest
 from api_support import api_settings, assert_problem, copy_demo, snapshot, train
 
 from atm.api import create_app
+from atm.database import Database
 from atm.models import Hyperpartition
 
 DATASET_KEYS = {"id", "name", "class_column", "train_path", "test_path", "description",
@@ -523,3 +524,12 @@ def test_create_app_defaults_to_loaded_settings(workdir, monkeypatch):
     assert app.extensions["atm"].settings.sql_url.endswith("env.db")
     assert app.test_client().get("/api/datasets").get_json()["num_results"] == 0
     assert (workdir / "env.db").exists()
+
+
+def test_an_unreachable_database_answers_503_with_retry_after(workdir):
+    gone = Database(f"sqlite:///{workdir / 'no' / 'such' / 'dir' / 'atm.db'}", create=False,
+                    max_attempts=1)
+    client = create_app(api_settings(gone, workdir), gone).test_client()
+    response = client.get("/api/datasets")
+    assert_problem(response, 503, "the database is unavailable; try again later")
+    assert response.headers["Retry-After"] == "5"

@@ -9,6 +9,8 @@ import textwrap
 import pytest
 
 from atm import registry
+from atm.database import Database
+from atm.exceptions import DatabaseUnavailableError
 from atm.worker import Worker, WorkerOptions
 
 FAULTY_MODULE = textwrap.dedent("""
@@ -121,3 +123,36 @@ def test_an_unwritable_models_directory_hands_classifiers_back_and_pauses(
     assert Worker(db, options).run() == 2
     assert db.count_classifiers(run.id)["complete"] == 2
     assert db.get_datarun(run.id).status == "complete"
+
+
+class FlakyInsertDatabase(Database):
+    """The real database, but the first classifier insert fails as in an outage."""
+
+    failures_left = 1
+
+    def start_classifier(self, *args, **kwargs):
+        if self.failures_left:
+            self.failures_left -= 1
+            raise DatabaseUnavailableError("connection refused (injected)")
+        return super().start_classifier(*args, **kwargs)
+
+
+def test_a_failed_classifier_insert_gives_its_budget_slot_back(sqlite_url, workdir, demo):
+    db = FlakyInsertDatabase(sqlite_url)
+    dataset = registry.add_dataset(db, demo("iris"))
+    run = registry.add_datarun(db, dataset.id, budget=3, methods=["dt"])
+    run_worker(db, workdir, timeout=0)
+    assert db.failures_left == 0
+    assert db.count_classifiers(run.id) == {"running": 0, "errored": 0, "complete": 3}
+    assert db.get_datarun(run.id).n_started == 3
+
+
+def test_a_retried_insert_whose_first_commit_went_through_adds_no_second_row(db, demo):
+    dataset = registry.add_dataset(db, demo("iris"))
+    run = registry.add_datarun(db, dataset.id, budget=3, methods=["dt"])
+    partition = run.hyperpartitions[0].id
+    first = db.start_classifier(run.id, partition, {"max_depth": 3}, "h", "w1", 1)
+    again = db.start_classifier(run.id, partition, {"max_depth": 3}, "h", "w1", 1)
+    other = db.start_classifier(run.id, partition, {"max_depth": 4}, "h", "w2", 2)
+    assert again == first and other != first
+    assert db.count_classifiers(run.id)["running"] == 2

@@ -42,6 +42,10 @@ def invalid(detail: str, field: str | None = None) -> ApiError:
     return ApiError(400, detail, "Invalid input", {field: detail} if field else None)
 
 
+# What a client is told to wait while the database is unavailable (workers retry by then).
+RETRY_AFTER_SECONDS = 5
+
+
 def problem(status: int, detail: str, title: str | None = None,
             fields: dict[str, str] | None = None,
             headers: dict[str, str] | None = None) -> Response:
@@ -75,7 +79,8 @@ def _from_atm_error(error: ATMError) -> Response:
         return problem(409, detail)
     if isinstance(error, DatabaseUnavailableError):
         LOGGER.error("database unavailable: %s", error)
-        return problem(503, "the database is unavailable; try again later")
+        return problem(503, "the database is unavailable; try again later",
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(error, StorageError):
         LOGGER.error("storage error: %s", error)
         return problem(500, detail)
