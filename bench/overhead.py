@@ -3,16 +3,27 @@
     python bench/overhead.py [--quick] [--json PATH]
 
 1. N logreg classifiers on the iris demo through :class:`atm.worker.Worker` on a
-   fresh SQLite file, with the default fork-per-fit isolation (classifier_timeout
-   900 s) and in-process (classifier_timeout=0). Each classifier's time is split
-   into fit+score (measured around ``Model.train_test`` by a subclass the script
-   installs) and everything else: database, selector, tuner, fork and files.
+   fresh SQLite file, with the default persistent fit process (classifier_timeout
+   900 s: one child per worker, one :class:`atm.training.FitTask` per classifier) and
+   in-process (classifier_timeout=0). Each classifier's time is split into fit+score
+   (measured around ``Model.train_test`` by a subclass the script installs in
+   :mod:`atm.training`, so inside the fit process too) and everything else: database,
+   selector, tuner, the fit process round trip, dataset cache and files.
 2. The same fits (same hold-out, folds, seed and metric, same catalog as a
    conditional space) through an Optuna study on RDB storage (SQLite), TPE sampler.
 3. ``propose()`` of the gp and gp_ei tuners on 100 and 500 recorded classifiers of
    one hyperpartition.
-4. One long datarun (5,000 classifiers; 1,000 with --quick) with a stub fit, so
-   that only bookkeeping is timed: its first 100 vs last 100 classifiers.
+4. One long datarun (5,000 classifiers; 1,000 with --quick) with a stub fit (in the
+   fit process too), so that only bookkeeping is timed: its first 100 vs last 100
+   classifiers.
+
+How the timings travel back from the fit process: the hooks are installed before the
+:class:`Worker` is created, because the worker hands ``train_and_save`` (the function
+object) to its :class:`atm.isolation.FitProcess` in ``__init__`` and the child is a
+fork, which copies the patched modules. The ``train_and_save`` wrapper returns the
+child's own seconds in the scores dict under :data:`BENCH_KEY`, which the worker
+ignores (it reads only ``cv``, ``cv_stdev`` and ``test``) and :class:`TimedWorker`
+reads back in ``_log_result``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import _common as bc
 from threadpoolctl import threadpool_limits
 
 from atm import registry
+from atm import training as training_module
 from atm import worker as worker_module
 from atm.data import load_dataset_frames
 from atm.database import Database
@@ -42,23 +54,33 @@ from atm.worker import Worker, WorkerOptions
 
 METHOD = "logreg"
 DATASET = bc.DEMOS_DIR / "iris.csv"
+BENCH_KEY = "_bench_seconds"  # private key of the scores dict: seconds measured in the task
 
 
 # -- instrumentation installed by this script ------------------------------------
 
+# Seconds spent inside the current task, in whichever process runs it (the fit
+# process, or the worker itself in-process); reset by timed_train_and_save.
+_TASK_SECONDS: dict[str, float] = {}
+
+
+def _add_task_seconds(name: str, seconds: float) -> None:
+    _TASK_SECONDS[name] = _TASK_SECONDS.get(name, 0.0) + seconds
+
+
 class TimedModel(Model):
-    """Model whose train_test reports its own duration (travels back from the fork)."""
+    """Model whose train_test records its own duration (installed as atm.training.Model)."""
 
     stub = False
 
     def train_test(self, *data: Any) -> dict[str, Any]:
         began = time.perf_counter()
-        if self.stub:
-            scores = _stub_scores(self.params)
-        else:
-            scores = super().train_test(*data)
-        scores["_fit_s"] = time.perf_counter() - began
-        return scores
+        try:
+            if self.stub:
+                return _stub_scores(self.params)
+            return super().train_test(*data)
+        finally:
+            _add_task_seconds("fit", time.perf_counter() - began)
 
 
 def _stub_scores(params: dict[str, Any]) -> dict[str, Any]:
@@ -68,34 +90,65 @@ def _stub_scores(params: dict[str, Any]) -> dict[str, Any]:
     return {"cv": score, "cv_stdev": 0.01, "test": score}
 
 
+def _timed_in_task(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, adding its duration to the current task's seconds."""
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _add_task_seconds(name, time.perf_counter() - began)
+
+    return timed
+
+
+_TRAIN_AND_SAVE = training_module.train_and_save
+
+
+def timed_train_and_save(task: Any) -> tuple[dict[str, Any], str | None, str | None]:
+    """``train_and_save`` that returns the seconds it measured inside the scores dict."""
+    _TASK_SECONDS.clear()
+    began = time.perf_counter()
+    scores, model_path, metrics_path = _TRAIN_AND_SAVE(task)
+    seconds = dict(_TASK_SECONDS, train_and_save=time.perf_counter() - began)
+    return {**scores, BENCH_KEY: seconds}, model_path, metrics_path
+
+
 class TimedWorker(Worker):
-    """Records, per classifier, the end time of its loop iteration and its fit time."""
+    """Records, per classifier, the end time of its loop iteration and the seconds
+    measured inside its task (fit, train_and_save, files)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ends: list[float] = []
-        self.fits: list[float] = []
-        self._fit: float | None = None
+        self.tasks: list[dict[str, float]] = []
+        self._task: dict[str, float] | None = None
+
+    @property
+    def fits(self) -> list[float]:
+        return [t.get("fit", 0.0) for t in self.tasks]
 
     def work_on(self, run: Any) -> bool:
-        self._fit = None
+        self._task = None
         ended = super().work_on(run)
-        if ended and self._fit is not None:
+        if ended and self._task is not None:
             self.ends.append(time.perf_counter())
-            self.fits.append(self._fit)
+            self.tasks.append(self._task)
         return ended
 
     def _log_result(self, run: Any, partition: Any, classifier_id: int, metric: str,
                     scores: dict[str, Any], seconds: float) -> None:
-        self._fit = scores.get("_fit_s")
+        self._task = scores.get(BENCH_KEY)
         super()._log_result(run, partition, classifier_id, metric, scores, seconds)
 
 
 class CallTimer:
-    """Accumulates wall time per name for wrapped callables."""
+    """Accumulates wall time per name for wrapped callables (and keeps each call's)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.calls: dict[str, list[float]] = {}
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -104,7 +157,9 @@ class CallTimer:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
+                took = time.perf_counter() - began
+                self.seconds[name] = self.seconds.get(name, 0.0) + took
+                self.calls.setdefault(name, []).append(took)
 
         return timed
 
@@ -114,26 +169,35 @@ DB_METHODS = ("reap_stale_classifiers", "get_unfinished_dataruns", "mark_datarun
               "get_partition_scores", "get_hyperpartitions", "get_partition_history",
               "start_classifier", "complete_classifier", "get_best_classifier",
               "set_hyperpartition_status")
+WORKER_NAMES = ("propose", "select_partition", "train_and_save")
+TASK_NAMES = ("dataset_frames", "save_model", "save_metrics")  # looked up in atm.training
 
 
 @contextlib.contextmanager
 def instrumented(db: Database, timer: CallTimer, stub: bool) -> Iterator[None]:
-    """Install the timing hooks on the worker module and on ``db``; undo them after."""
-    saved = {name: getattr(worker_module, name) for name in
-             ("Model", "propose", "select_partition", "run_with_time_limit", "save_model",
-              "save_metrics")}
+    """Install the timing hooks on the worker and training modules and on ``db``; undo
+    them after. Enter it BEFORE creating the Worker: the worker's FitProcess keeps the
+    ``train_and_save`` it finds at ``__init__``, and its fork copies atm.training as
+    patched at the first classifier."""
+    saved_worker = {name: getattr(worker_module, name) for name in WORKER_NAMES}
+    saved_training = {name: getattr(training_module, name) for name in ("Model", *TASK_NAMES)}
     TimedModel.stub = stub
-    worker_module.Model = TimedModel  # type: ignore[misc]
-    for name in ("propose", "select_partition", "run_with_time_limit", "save_model",
-                 "save_metrics"):
-        setattr(worker_module, name, timer.wrap(name, saved[name]))
+    training_module.Model = TimedModel  # type: ignore[misc]
+    for name in TASK_NAMES:
+        setattr(training_module, name, _timed_in_task(name, saved_training[name]))
+    worker_module.train_and_save = timer.wrap("train_and_save", timed_train_and_save)
+    for name in ("propose", "select_partition"):
+        setattr(worker_module, name, timer.wrap(name, saved_worker[name]))
     for name in DB_METHODS:
         setattr(db, name, timer.wrap(f"db.{name}", getattr(db, name)))
     try:
         yield
     finally:
-        for name, value in saved.items():
+        for name, value in saved_worker.items():
             setattr(worker_module, name, value)
+        for name, value in saved_training.items():
+            setattr(training_module, name, value)
+        TimedModel.stub = False
         for name in DB_METHODS:
             with contextlib.suppress(AttributeError):
                 delattr(db, name)
@@ -152,17 +216,67 @@ def run_atm(workdir: Path, n: int, timeout: float, stub: bool = False,
     options = WorkerOptions(models_dir=str(workdir / "models"),
                             metrics_dir=str(workdir / "metrics"), classifier_timeout=timeout)
     timer = CallTimer()
-    worker = TimedWorker(db, options, [run.id])
     with instrumented(db, timer, stub):
+        worker = TimedWorker(db, options, [run.id])
+        fitter = worker._fitter  # None in-process
+        if fitter is not None:  # parent side of the fit process (an instance attribute)
+            fitter.run = timer.wrap("FitProcess.run", fitter.run)  # type: ignore[method-assign]
+            fitter.ensure_started = timer.wrap(  # type: ignore[method-assign]
+                "FitProcess.ensure_started", fitter.ensure_started)
         began = time.perf_counter()
         trained = worker.run()
         total = time.perf_counter() - began
     starts = [began, *worker.ends[:-1]]
     per_classifier = [end - start for start, end in zip(starts, worker.ends, strict=True)]
     bookkeeping = [t - f for t, f in zip(per_classifier, worker.fits, strict=True)]
+    task_seconds: dict[str, float] = {}
+    for task in worker.tasks:
+        for name, seconds in task.items():
+            task_seconds[name] = task_seconds.get(name, 0.0) + seconds
+    round_trips: list[float] = []
+    parent_runs = timer.calls.get("FitProcess.run", [])
+    if parent_runs and len(parent_runs) == len(worker.tasks):  # every task came back
+        round_trips = [p - t["train_and_save"] for p, t in zip(parent_runs, worker.tasks,
+                                                               strict=True)]
     db.dispose()
+    if len(worker.tasks) != trained:  # an errored fit has no task seconds: say so
+        print(f"warning: {trained - len(worker.tasks)} of {trained} classifiers came back "
+              "without timings (errored?)")
     return {"trained": trained, "total_s": total, "fit_s": sum(worker.fits),
-            "bookkeeping": bookkeeping, "calls": timer.seconds, "random_seed": run.random_seed}
+            "bookkeeping": bookkeeping, "calls": timer.seconds, "call_times": timer.calls,
+            "task": task_seconds,
+            "round_trips": round_trips, "random_seed": run.random_seed}
+
+
+def growth_rows(result: dict[str, Any], top: int = 6) -> list[list[Any]]:
+    """The parts whose mean ms per call grew most from the first 100 calls to the last 100."""
+    rows = []
+    for name, calls in result["call_times"].items():
+        if len(calls) >= 200:
+            first, last = sum(calls[:100]) / 100 * 1000, sum(calls[-100:]) / 100 * 1000
+            rows.append([name, len(calls), first, last, last - first])
+    return sorted(rows, key=lambda r: -r[4])[:top]
+
+
+def bookkeeping_parts(result: dict[str, Any]) -> list[tuple[str, float]]:
+    """(part, seconds in total) of everything but the fit, largest first."""
+    calls, task = dict(result["calls"]), result["task"]
+    inner = task.get("train_and_save", 0.0)
+    parts: list[tuple[str, float]] = []
+    if "FitProcess.run" in calls:
+        calls.pop("train_and_save", None)  # the worker process never runs it itself
+        parts.append(("fit process round trip (FitProcess.run minus the child's "
+                      "train_and_save: pickle, pipe, wake-up)", calls.pop("FitProcess.run")
+                      - inner))
+        where = "in the fit process"
+    else:
+        calls.pop("train_and_save", None)  # == inner plus the wrapper's own dict copy
+        where = "in-process"
+    parts.append((f"train_and_save minus fit ({where}: dataset cache, files)",
+                  inner - task.get("fit", 0.0)))
+    parts.extend((f"  of which {name}", task.get(name, 0.0)) for name in TASK_NAMES)
+    parts.extend(sorted(calls.items(), key=lambda kv: -kv[1]))
+    return parts
 
 
 # -- Optuna -----------------------------------------------------------------------
@@ -247,12 +361,12 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="atm-bench-") as tmp:
         root = Path(tmp)
-        fork = run_atm(root / "fork", n, timeout=900.0)
+        fitproc = run_atm(root / "fitproc", n, timeout=900.0)
         inproc = run_atm(root / "inproc", n, timeout=0)
-        optuna_run = run_optuna(root, n, fork["random_seed"]) if have_optuna else None
+        optuna_run = run_optuna(root, n, fitproc["random_seed"]) if have_optuna else None
 
         rows = []
-        for label, result in (("ATM, fork per fit (default)", fork),
+        for label, result in (("ATM, fit process (default)", fitproc),
                               ("ATM, in-process (timeout 0)", inproc),
                               ("Optuna TPE, RDB SQLite", optuna_run)):
             if result is None:
@@ -267,27 +381,23 @@ def main() -> int:
                         "bookkeeping_ms_p90"], rows)
 
         figures["n_classifiers"] = n
-        figures["bookkeeping_ms_median"] = bc.median(fork["bookkeeping"]) * 1000
+        figures["bookkeeping_ms_median"] = bc.median(fitproc["bookkeeping"]) * 1000
         figures["bookkeeping_ms_median_inproc"] = bc.median(inproc["bookkeeping"]) * 1000
-        figures["atm_total_s"] = fork["total_s"]
+        figures["atm_total_s"] = fitproc["total_s"]
         figures["atm_total_s_inproc"] = inproc["total_s"]
-        figures["atm_fit_s"] = fork["fit_s"]
+        figures["atm_fit_s"] = fitproc["fit_s"]
+        figures["atm_fit_s_inproc"] = inproc["fit_s"]
+        figures["fit_process_round_trip_ms_median"] = bc.median(fitproc["round_trips"]) * 1000
         if optuna_run is not None:
             figures["optuna_rdb_total_s"] = optuna_run["total_s"]
             figures["optuna_fit_s"] = optuna_run["fit_s"]
             figures["optuna_ms_per_trial_median"] = bc.median(optuna_run["bookkeeping"]) * 1000
-            figures["atm_over_optuna"] = fork["total_s"] / optuna_run["total_s"]
+            figures["atm_over_optuna"] = fitproc["total_s"] / optuna_run["total_s"]
             figures["atm_over_optuna_inproc"] = inproc["total_s"] / optuna_run["total_s"]
 
-        for label, result in (("fork per fit", fork), ("in-process", inproc)):
-            calls = sorted(result["calls"].items(), key=lambda kv: -kv[1])
-            fit = result["fit_s"]
-            rows = []
-            for name, seconds in calls:
-                if name == "run_with_time_limit":
-                    name = "run_with_time_limit minus fit (fork, pipe, files)"
-                    seconds -= fit
-                rows.append([name, seconds / result["trained"] * 1000])
+        for label, result in (("fit process", fitproc), ("in-process", inproc)):
+            rows = [[name, seconds / result["trained"] * 1000]
+                    for name, seconds in bookkeeping_parts(result)]
             bc.print_table(f"where the bookkeeping goes, {label} (ms per classifier)",
                            ["part", "ms"], rows)
 
@@ -305,7 +415,8 @@ def main() -> int:
                        ["tuner", "100 records", "500 records"], tuner_rows)
 
         long_rows = []
-        for label, timeout, suffix in (("fork per fit", 900.0, ""),
+        growth: list[list[Any]] = []
+        for label, timeout, suffix in (("fit process", 900.0, ""),
                                        ("in-process", 0, "_inproc")):
             result = run_atm(root / f"long{suffix}", long_n, timeout=timeout, stub=True)
             book = result["bookkeeping"]
@@ -313,12 +424,16 @@ def main() -> int:
             figures[f"bookkeeping_ms_first100{suffix}"] = first
             figures[f"bookkeeping_ms_last100{suffix}"] = last
             figures[f"last100_over_first100{suffix}"] = last / first
-            long_rows.append([label, result["trained"], result["total_s"], first, last,
-                              last / first])
+            stub_ms = result["fit_s"] / max(result["trained"], 1) * 1000
+            long_rows.append([label, result["trained"], result["total_s"], stub_ms, first,
+                              last, last / first])
+            growth.extend([label, *row] for row in growth_rows(result))
         figures["long_datarun_classifiers"] = long_n
         bc.print_table(f"one datarun of {long_n} classifiers, stub fit (median bookkeeping ms)",
-                       ["isolation", "classifiers", "total_s", "first100", "last100",
-                        "last/first"], long_rows)
+                       ["isolation", "classifiers", "total_s", "stub_fit_ms", "first100",
+                        "last100", "last/first"], long_rows)
+        bc.print_table("what grows over that datarun (mean ms per call, first vs last 100 calls)",
+                       ["isolation", "part", "calls", "first100", "last100", "growth"], growth)
 
     targets = [
         ("bookkeeping_ms_median <= 10", figures["bookkeeping_ms_median"] <= 10),
