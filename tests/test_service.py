@@ -21,7 +21,7 @@ from atm.config import Settings
 from atm.database import Database
 
 ATM_EXE = str(Path(sys.executable).parent / "atm")
-SERVICE_NAMES = ("atm-supervisor", "atm-server", "atm-worker")
+SERVICE_NAMES = ("atm-supervisor", "atm-server", "atm-worker", "atm-fit")
 
 
 def free_port() -> int:
@@ -209,6 +209,39 @@ def test_killed_worker_is_replaced_and_budget_stays_exact(instance):
 
     assert instance.atm("stop").returncode == 0
     assert processes_in(instance.folder) == []
+
+
+@pytest.mark.slow
+def test_whole_service_killed_mid_run_resumes_at_exact_budget(instance):
+    instance.start("-w", "2")
+    assert instance.atm("get_demos").returncode == 0
+    run_id = start_run(instance, register_demo(instance, "wine"), budget=14)
+    db = Database(f"sqlite:///{instance.folder / 'atm.db'}")
+
+    def mid_run():
+        counts = db.count_classifiers(run_id)
+        return counts["complete"] >= 2 and counts["running"] >= 1
+    wait_for(mid_run, what="classifiers complete and running")
+    instance.kill_all()  # SIGKILL to every ATM process at once: supervisor, server, workers, fits
+    assert not processes_in(instance.folder)
+    interrupted = {c.id for c in db.get_classifiers(run_id, [C.CLASSIFIER_RUNNING])}
+    assert interrupted and (instance.folder / "atm.pid").exists()  # left behind, stale
+
+    instance.start("-w", "2")
+    wait_complete(instance, run_id)
+    classifiers = db.get_classifiers(run_id)
+    lost = {c.id for c in classifiers if not not_lost(c)}
+    assert lost == interrupted  # exactly the interrupted ones were reaped, nothing else
+    ran = [c for c in classifiers if not_lost(c)]
+    assert len(ran) == 14 and all(c.status == C.CLASSIFIER_COMPLETE for c in ran)
+    assert db.get_datarun(run_id).n_started == 14
+    # no partial model or metrics file is visible: every file belongs to a complete row
+    recorded = {Path(c.model_location).name for c in ran} | {
+        Path(c.metrics_location).name for c in ran}
+    on_disk = {p.name for folder in ("models", "metrics")
+               for p in (instance.folder / folder).iterdir() if not p.name.startswith(".")}
+    assert on_disk == recorded
+    assert instance.atm("stop").returncode == 0
 
 
 def test_second_start_is_refused_but_another_pid_file_runs(instance):
