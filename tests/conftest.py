@@ -14,7 +14,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import shutil  # noqa: E402
-import sys  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMOS = ROOT / "atm" / "demos"
 BACKENDS = ("sqlite", "postgresql", "mysql")
 SERVER_URL_ENV = {"postgresql": "ATM_TEST_POSTGRES_URL", "mysql": "ATM_TEST_MYSQL_URL"}
-ATM_EXE = str(Path(sys.executable).parent / "atm")
+from process_support import ATM_EXE  # noqa: E402,F401  (re-exported for the CLI tests)
 
 
 def _server_database(backend: str) -> tuple[str, callable]:

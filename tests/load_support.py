@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -17,8 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-
-ATM_EXE = str(Path(sys.executable).parent / "atm")
+from process_support import ATM_EXE  # noqa: F401  (re-exported for the load tests)
 
 # What a user must never see in a worker's or the server's output during a healthy run.
 PROBLEMS = ("Traceback", "database is locked", "database unavailable",

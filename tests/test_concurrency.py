@@ -4,22 +4,19 @@ SIGKILL mid-fit is reaped and its budget slot reused."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from process_support import ATM_EXE, wait_for, write_gated_method
 
 from atm import registry
 from atm.database import Database
-
-ATM_EXE = str(Path(sys.executable).parent / "atm")
 
 CLAIMER = textwrap.dedent("""
     import sys
@@ -98,44 +95,8 @@ def test_four_workers_finish_a_datarun_at_exact_budget(any_db, workdir, demo):
     assert finished.end_time >= finished.start_time
 
 
-SLOW_MODULE = textwrap.dedent("""
-    import os
-    import time
-
-    from sklearn.tree import DecisionTreeClassifier
-
-
-    class SlowTree(DecisionTreeClassifier):
-        def fit(self, X, y, **kwargs):
-            while os.path.exists(os.environ["ATM_TEST_SLOW_FLAG"]):
-                time.sleep(0.05)
-            return super().fit(X, y, **kwargs)
-""")
-SLOW_METHOD = {
-    "name": "slowtree",
-    "class": "slowtree.SlowTree",
-    "hyperparameters": {"max_depth": {"type": "int", "range": [2, 6]}},
-    "root_hyperparameters": ["max_depth"],
-}
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_a_killed_worker_is_reaped_and_the_run_ends_at_exact_budget(any_db, workdir, demo):
-    (workdir / "slowtree.py").write_text(SLOW_MODULE)
-    method_file = workdir / "slowtree.json"
-    method_file.write_text(json.dumps(SLOW_METHOD))
-    flag = workdir / "slow.flag"
-    flag.touch()
-    env = {"PYTHONPATH": str(workdir), "ATM_TEST_SLOW_FLAG": str(flag)}
+    method_file, gate, env = write_gated_method(workdir)
     sys.path.insert(0, str(workdir))  # registering imports the method's class
     try:
         dataset = registry.add_dataset(any_db, demo("iris"))
@@ -156,7 +117,7 @@ def test_a_killed_worker_is_reaped_and_the_run_ends_at_exact_budget(any_db, work
     assert fit_processes and not alive
     [lost] = any_db.get_classifiers(run.id, ["running"])
     assert lost.pid == doomed.pid
-    flag.unlink()
+    gate.unlink()
 
     survivor = start_worker(any_db.url, workdir, ATM_HEARTBEAT_GRACE="2", **env)
     output = finish(survivor)

@@ -13,14 +13,12 @@ configured.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import random
 import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -29,29 +27,13 @@ from dataclasses import dataclass
 
 import pytest
 from load_support import ATM_EXE, fast_env, problems_in, spawn, stop, wait_exit
+from process_support import wait_for, write_gated_method
 from sqlalchemy.engine import make_url
 
 from atm import constants as C
 from atm import registry
 
 BUDGET = 6
-
-# A tree whose fit waits while a gate file exists: holding the first fits lets the test
-# see a classifier of each host running before any host can take the whole budget.
-GATED_MODULE = textwrap.dedent("""
-    import os
-    import time
-
-    from sklearn.tree import DecisionTreeClassifier
-
-
-    class GatedTree(DecisionTreeClassifier):
-        def fit(self, X, y, **kwargs):
-            while os.path.exists(os.environ["ATM_TEST_GATE"]):
-                time.sleep(0.05)
-            return super().fit(X, y, **kwargs)
-""")
-
 
 class TcpRelay:
     """Forwards every TCP connection made to ``(host, <port>)`` to ``target`` and notes
@@ -194,29 +176,11 @@ def in_namespace(space: Namespace, host: str, *command: str) -> list[str]:
             'hostname "$0" && exec "$@"', host, *command]
 
 
-def wait_for(condition, timeout: float = 90.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_workers_on_two_hosts_share_one_database_and_one_models_folder(
         namespaces, any_db, workdir, demo):
-    (workdir / "gated.py").write_text(GATED_MODULE)
-    method = workdir / "gated.json"
-    method.write_text(json.dumps({
-        "name": "gated", "class": "gated.GatedTree",
-        "hyperparameters": {"max_depth": {"type": "int", "range": [2, 6]}},
-        "root_hyperparameters": ["max_depth"],
-    }))
-    gate = workdir / "gate"
-    gate.touch()
+    method, gate, gate_env = write_gated_method(workdir)
     sys.path.insert(0, str(workdir))  # registering imports the method's class
     try:
         dataset = registry.add_dataset(any_db, demo("iris"))
@@ -237,7 +201,7 @@ def test_workers_on_two_hosts_share_one_database_and_one_models_folder(
             url = database.set(host=space.root_address, port=relay.port)
             command = in_namespace(space, host, ATM_EXE, "worker", "--sql-url",
                                    url.render_as_string(hide_password=False))
-            env = fast_env(PYTHONPATH=str(workdir), ATM_TEST_GATE=str(gate))
+            env = fast_env(**gate_env)
             workers.append(spawn(command, log, workdir, env))
         # one fit of each host is held at the gate, so both hosts take part
         wait_for(lambda: {c.host for c in any_db.get_classifiers(run.id, ["running"])}

@@ -3,44 +3,17 @@ finished classifier once the database is back: not lost, not recorded twice."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
+from process_support import ATM_EXE, wait_for, write_gated_method
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from atm import registry
-
-ATM_EXE = os.path.join(os.path.dirname(sys.executable), "atm")
-
-GATED_MODULE = textwrap.dedent("""
-    import os
-    import time
-
-    from sklearn.tree import DecisionTreeClassifier
-
-
-    class GatedTree(DecisionTreeClassifier):
-        def fit(self, X, y, **kwargs):
-            while os.path.exists(os.environ["ATM_TEST_GATE"]):
-                time.sleep(0.05)
-            return super().fit(X, y, **kwargs)
-""")
-
-
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -48,15 +21,7 @@ def test_a_result_finished_during_an_outage_is_recorded_once_the_database_is_bac
         any_db, workdir, demo):
     if any_db.backend != "postgresql":
         pytest.skip("the outage is made by closing a PostgreSQL database to connections")
-    (workdir / "gated.py").write_text(GATED_MODULE)
-    method = workdir / "gated.json"
-    method.write_text(json.dumps({
-        "name": "gated", "class": "gated.GatedTree",
-        "hyperparameters": {"max_depth": {"type": "int", "range": [2, 6]}},
-        "root_hyperparameters": ["max_depth"],
-    }))
-    gate = workdir / "gate"
-    gate.touch()
+    method, gate, gate_env = write_gated_method(workdir)
     sys.path.insert(0, str(workdir))
     try:
         dataset = registry.add_dataset(any_db, demo("iris"))
@@ -64,7 +29,7 @@ def test_a_result_finished_during_an_outage_is_recorded_once_the_database_is_bac
     finally:
         sys.path.remove(str(workdir))
 
-    env = dict(os.environ, PYTHONPATH=str(workdir), ATM_TEST_GATE=str(gate),
+    env = dict(os.environ, **gate_env,
                ATM_HEARTBEAT_INTERVAL="0.5", ATM_POLL_INTERVAL="0.5")
     worker = subprocess.Popen([ATM_EXE, "worker", "--sql-url", any_db.url], cwd=workdir,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

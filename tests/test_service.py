@@ -7,20 +7,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
 import yaml
+from process_support import ATM_EXE, wait_for
 
 from atm import constants as C
 from atm.config import Settings
 from atm.database import Database
 
-ATM_EXE = str(Path(sys.executable).parent / "atm")
 SERVICE_NAMES = ("atm-supervisor", "atm-server", "atm-worker", "atm-fit")
 
 
@@ -47,17 +45,6 @@ def processes_in(folder: Path) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def wait_for(condition, timeout: float = 120.0, what: str = "condition"):
-    """Poll until ``condition()`` is truthy; fail the test (not hang) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 class Instance:
