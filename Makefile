@@ -28,7 +28,7 @@ demos: ## rebuild the demo CSVs from datasets shipped in installed packages
 
 bench: ## run every benchmark (BENCH_ARGS=--quick for a minutes-long pass); needs .[bench]
 	mkdir -p bench/results
-	for name in overhead scaling api quality; do \
+	for name in overhead scaling api load quality; do \
 		$(BIN)/python bench/$$name.py $(BENCH_ARGS) --json bench/results/$$name.json || exit 1; \
 	done
 

@@ -103,6 +103,21 @@ class Stopwatch:
 
 # -- data sets -----------------------------------------------------------------
 
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    """Return once ``url`` answers an HTTP GET; raise after ``timeout`` seconds."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                response.read()
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:g} s")
+
+
 def synthetic_csv(path: Path, seed: int, n_samples: int = 300, n_features: int = 10) -> Path:
     """A ``make_classification`` set written as a CSV with a ``class`` column."""
     import pandas as pd

@@ -93,18 +93,6 @@ def build_database(root: Path) -> tuple[str, dict[str, int]]:
                  "dataruns": N_DATARUNS}
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                response.read()
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout:g} s")
-
-
 def start_server(kind: str, url: str, port: int, root: Path) -> subprocess.Popen:
     env = {**os.environ, "ATM_SQL_URL": url, "ATM_LOG_LEVEL": "WARNING"}
     if kind == "waitress":
@@ -123,7 +111,7 @@ def start_server(kind: str, url: str, port: int, root: Path) -> subprocess.Popen
     log = open(root / f"server-{kind}.log", "wb")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=root, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/api/dataruns/1")
+    bc.wait_http(f"http://127.0.0.1:{port}/api/dataruns/1")
     return proc
 
 
@@ -171,7 +159,7 @@ def first_model(root: Path, url: str, poll: float, trials: int) -> list[float]:
     db = Database(url)
     seconds = []
     try:
-        wait_http(f"http://127.0.0.1:{port}/api/datasets/1")
+        bc.wait_http(f"http://127.0.0.1:{port}/api/datasets/1")
         time.sleep(max(3.0, 2 * poll))  # the worker is up and idle
         for _ in range(trials):
             body = json.dumps({"dataset_id": 1, "methods": ["logreg"], "budget": 1}).encode()

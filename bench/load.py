@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -211,18 +210,6 @@ class PythonLoad(threading.Thread):
 
 # -- one round -------------------------------------------------------------------
 
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                response.read()
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout:g} s")
-
-
 def stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
@@ -271,7 +258,7 @@ def one_round(root: Path, url: str, budget: int, load_class: Any | None) -> dict
                      "--log-level", "WARNING"], cwd=root, env=env, stdout=out,
                     stderr=subprocess.STDOUT, start_new_session=True)
             api = f"http://127.0.0.1:{port}/api/dataruns"
-            wait_http(api)
+            bc.wait_http(api)
             load = load_class(api, root)
             load.start()
         began = time.perf_counter()
