@@ -59,7 +59,9 @@ class DatarunView:
         } for c in self.completed_classifiers]
         frame = pd.DataFrame(rows, columns=["id", "cv_judgment_metric",
                                             "cv_judgment_metric_stdev", "test_judgment_metric"])
-        frame = frame.sort_values("cv_judgment_metric", ascending=False, na_position="last")
+        # ties go to the older classifier, as in get_best_classifier
+        frame = frame.sort_values(["cv_judgment_metric", "id"], ascending=[False, True],
+                                  na_position="last")
         frame["rank"] = range(1, len(frame) + 1)
         return frame.set_index("id")
 

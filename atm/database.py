@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import and_, case, create_engine, event, func, or_, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -597,24 +597,19 @@ class Database:
                 ).order_by(Hyperpartition.id)
             ).all()
             scores: dict[int, list[float]] = {pid: [] for pid in partitions}
+            # The score and "handed back" are computed by the database: no traceback text
+            # crosses the wire for errored rows, on every selection.
             rows = session.execute(
-                select(Classifier.hyperpartition_id, Classifier.status,
-                       Classifier.cv_judgment_metric, Classifier.cv_judgment_metric_stdev,
-                       Classifier.test_judgment_metric, Classifier.error_message)
-                .where(Classifier.datarun_id == datarun_id)
+                select(Classifier.hyperpartition_id,
+                       case((Classifier.status == C.CLASSIFIER_COMPLETE,
+                             score_expression(score_target)), else_=None).label("score"))
+                .where(Classifier.datarun_id == datarun_id, _not_handed_back())
                 .order_by(Classifier.id)
             ).all()
         for row in rows:
-            if row.hyperpartition_id not in scores:
-                continue
-            if row.status == C.CLASSIFIER_ERRORED and (row.error_message or "").startswith(
-                C.HANDED_BACK_PREFIXES
-            ):
-                continue
-            value = None
-            if row.status == C.CLASSIFIER_COMPLETE:
-                value = _score_from_row(row, score_target)
-            scores[row.hyperpartition_id].append(float(value) if value is not None else 0.0)
+            if row.hyperpartition_id in scores:
+                scores[row.hyperpartition_id].append(
+                    float(row.score) if row.score is not None else 0.0)
         return scores
 
     @retrying
@@ -779,6 +774,16 @@ def _db_now(session: Session) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value.replace(tzinfo=None, microsecond=0)
+
+
+def _not_handed_back() -> Any:
+    """SQL: the classifier was not handed back ("worker lost", "storage error")."""
+    return or_(
+        Classifier.status != C.CLASSIFIER_ERRORED,
+        Classifier.error_message.is_(None),
+        and_(*[~Classifier.error_message.startswith(prefix)
+               for prefix in C.HANDED_BACK_PREFIXES]),
+    )
 
 
 def score_expression(score_target: str) -> Any:
