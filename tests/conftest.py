@@ -101,3 +101,18 @@ def demo(workdir):
         return target.name
 
     return copy
+
+
+@pytest.fixture
+def app(db, workdir):
+    """The REST API over a fresh SQLite database, data and uploads inside ``workdir``."""
+    from api_support import api_settings
+
+    from atm.api import create_app
+
+    return create_app(api_settings(db, workdir), db)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

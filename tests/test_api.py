@@ -33,17 +33,6 @@ PROGRESS_KEYS = {"classifiers_complete", "classifiers_errored", "classifiers_run
 
 
 @pytest.fixture
-def app(db, workdir):
-    """The API over a fresh SQLite database (error cases: the backend does not matter)."""
-    return create_app(api_settings(db, workdir), db)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def backend_app(any_db, workdir):
     """The API over a fresh database of every configured backend."""
     return create_app(api_settings(any_db, workdir), any_db)

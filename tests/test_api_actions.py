@@ -38,16 +38,6 @@ def trained_hub(tmp_path_factory):
     db.dispose()
 
 
-@pytest.fixture
-def app(db, workdir):
-    return create_app(api_settings(db, workdir), db)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def iris_frame() -> pd.DataFrame:
     return pd.read_csv(DEMOS / "iris.csv")
 
