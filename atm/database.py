@@ -7,6 +7,7 @@ losing a race is a normal ``False`` return, never an error (DESIGN.md §3).
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import os
@@ -15,12 +16,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import and_, case, create_engine, event, func, or_, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from atm import constants as C
@@ -117,7 +119,11 @@ def build_engine(url: str) -> Engine:
         parsed = parsed.set(drivername="mysql+pymysql")
     if backend == "postgresql" and parsed.drivername == "postgres":
         parsed = parsed.set(drivername="postgresql")
-    engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800)
+    # A server that does not answer a connection attempt fails it in 10 s (pymysql's
+    # default too), so retries and 503s happen instead of an endless wait.
+    connect_args = {"connect_timeout": 10} if backend == "postgresql" else {}
+    engine = create_engine(parsed, pool_pre_ping=True, pool_recycle=1800,
+                           connect_args=connect_args)
     if backend == "postgresql":
         _configure_utc(engine, "SET TIME ZONE 'UTC'")
     elif backend in ("mysql", "mariadb"):
@@ -233,7 +239,7 @@ class Database:
                      ids: Sequence[int] | None = None) -> list[Datarun]:
         """Dataruns by status and id, highest priority first, then oldest first."""
         with self.session_scope() as session:
-            query = select(Datarun).options(selectinload(Datarun.dataset))
+            query = select(Datarun).options(joinedload(Datarun.dataset))
             if statuses is not None:
                 query = query.where(Datarun.status.in_(list(statuses)))
             if ids is not None:
@@ -279,6 +285,22 @@ class Database:
         counts = {status: 0 for status in C.CLASSIFIER_STATUSES}
         counts.update({status: n for status, n in rows})
         return counts
+
+    @retrying
+    def recent_storage_failures(self, minutes: float) -> tuple[int, Classifier | None]:
+        """Classifiers handed back in the last ``minutes`` (database clock) because their
+        files could not be written: how many, and the latest one (None if none)."""
+        with self.session_scope() as session:
+            cutoff = _db_now(session) - timedelta(minutes=minutes)
+            recent = (Classifier.status == C.CLASSIFIER_ERRORED,
+                      Classifier.error_message.startswith(C.STORAGE_ERROR_PREFIX),
+                      Classifier.end_time >= cutoff)
+            count = session.scalar(select(func.count()).select_from(Classifier).where(*recent))
+            latest = session.scalars(
+                select(Classifier).where(*recent)
+                .order_by(Classifier.end_time.desc(), Classifier.id.desc()).limit(1)
+            ).first()
+        return count or 0, latest
 
     # -- creators -------------------------------------------------------------
 
@@ -326,69 +348,14 @@ class Database:
             return result.rowcount == 1
 
     @retrying
-    def reserve_budget_slot(self, datarun_id: int) -> bool:
-        """Take one classifier slot of a datarun's budget, or say there is none left."""
-        with self.session_scope(write=True) as session:
-            run = self._get_or_raise(session, Datarun, datarun_id)
-            query = update(Datarun).where(
-                Datarun.id == datarun_id,
-                Datarun.status.in_(C.UNFINISHED_DATARUN_STATUSES),
-            )
-            if run.budget_type == C.BUDGET_CLASSIFIER:
-                query = query.where(Datarun.n_started < Datarun.budget)
-            else:
-                query = query.where(
-                    (Datarun.deadline.is_(None)) | (Datarun.deadline > func.current_timestamp())
-                )
-            result = session.execute(query.values(n_started=Datarun.n_started + 1))
-            return result.rowcount == 1
-
-    @retrying
-    def release_budget_slot(self, datarun_id: int) -> None:
-        """Give back a slot that was reserved but will not be used."""
-        with self.session_scope(write=True) as session:
-            session.execute(
-                update(Datarun)
-                .where(Datarun.id == datarun_id, Datarun.n_started > 0)
-                .values(n_started=Datarun.n_started - 1)
-            )
-
-    @retrying
     def complete_datarun_if_done(self, datarun_id: int) -> bool:
         """Mark a datarun complete once its budget or partitions are used up and
         nothing of it still runs. True only for the caller that made the change."""
         with self.session_scope(write=True) as session:
-            run = self._get_or_raise(session, Datarun, datarun_id)
-            if run.status not in C.UNFINISHED_DATARUN_STATUSES:
-                return False
-            running = session.scalar(
-                select(func.count()).where(
-                    Classifier.datarun_id == datarun_id,
-                    Classifier.status == C.CLASSIFIER_RUNNING,
-                )
-            )
-            if running:
-                return False
-            open_partitions = session.scalar(
-                select(func.count()).where(
-                    Hyperpartition.datarun_id == datarun_id,
-                    Hyperpartition.status == C.PARTITION_INCOMPLETE,
-                )
-            )
-            now = _db_now(session)
-            if run.budget_type == C.BUDGET_CLASSIFIER:
-                budget_used = run.n_started >= run.budget
-            else:
-                budget_used = run.deadline is not None and now >= run.deadline
-            if not (budget_used or open_partitions == 0):
-                return False
-            result = session.execute(
-                update(Datarun)
-                .where(Datarun.id == datarun_id,
-                       Datarun.status.in_(C.UNFINISHED_DATARUN_STATUSES))
-                .values(status=C.DATARUN_COMPLETE, end_time=now)
-            )
-            return result.rowcount == 1
+            if _finish_run_if_done(session, datarun_id):
+                return True
+            self._get_or_raise(session, Datarun, datarun_id)
+            return False
 
     @retrying
     def stop_datarun(self, datarun_id: int) -> bool:
@@ -420,37 +387,31 @@ class Database:
     # -- classifier state -----------------------------------------------------
 
     @retrying
-    def start_classifier(self, datarun_id: int, hyperpartition_id: int,
-                         hyperparameter_values: dict[str, Any], host: str,
-                         worker_id: str, pid: int) -> int:
-        """Insert a ``running`` classifier with a fresh heartbeat; returns its id.
+    def claim_classifier(self, datarun_id: int, hyperpartition_id: int,
+                         hyperparameter_values: dict[str, Any], host: str, worker_id: str,
+                         pid: int, last_of_partition: bool = False) -> int | Refused:
+        """Take a budget slot and insert a ``running`` classifier in one transaction.
 
-        A worker runs one classifier at a time, so a running row of ``worker_id`` can only
-        come from an earlier attempt of this call whose commit went through before its
-        connection dropped: that row is returned instead of inserting a second one.
+        Returns the new classifier's id, or why nothing was claimed:
+        :attr:`Refused.NO_BUDGET` (budget or deadline used up, or the run has ended), or
+        :attr:`Refused.PARTITION_TAKEN` when ``last_of_partition`` asked to close a
+        partition (``gridding_done``: it has nothing to tune) that another worker
+        closed first. A refusal writes nothing. A worker runs one classifier at a
+        time, so a running row of ``worker_id`` in this run can only come from an earlier
+        attempt of this call whose commit went through before its connection dropped:
+        that row is returned instead of claiming a second one.
         """
         with self.session_scope(write=True) as session:
-            earlier = session.scalar(
-                select(Classifier.id).where(Classifier.worker_id == worker_id,
-                                            Classifier.status == C.CLASSIFIER_RUNNING,
-                                            Classifier.datarun_id == datarun_id)
-            )
+            earlier = _running_row_of(session, worker_id, datarun_id)
             if earlier is not None:
                 return earlier
-            classifier = Classifier(
-                datarun_id=datarun_id,
-                hyperpartition_id=hyperpartition_id,
-                hyperparameter_values=hyperparameter_values,
-                host=host,
-                worker_id=worker_id,
-                pid=pid,
-                status=C.CLASSIFIER_RUNNING,
-                start_time=func.current_timestamp(),
-                heartbeat_at=func.current_timestamp(),
-            )
-            session.add(classifier)
-            session.flush()
-            return classifier.id
+            if not _take_budget_slot(session, datarun_id):
+                return Refused.NO_BUDGET
+            if last_of_partition and not _close_partition(session, hyperpartition_id):
+                session.rollback()  # hand the slot back: nothing of this claim remains
+                return Refused.PARTITION_TAKEN
+            return _insert_running(session, datarun_id, hyperpartition_id,
+                                   hyperparameter_values, host, worker_id, pid)
 
     @retrying
     def heartbeat(self, classifier_id: int, worker_id: str) -> bool:
@@ -470,7 +431,9 @@ class Database:
                             model_location: str | None, metrics_location: str | None,
                             cv_score: float | None, cv_stdev: float | None,
                             test_score: float | None) -> bool:
-        """running -> complete with the scores; False if the row was reaped meanwhile."""
+        """running -> complete with the scores; False if the row was reaped meanwhile.
+        The datarun is marked complete in the same transaction if this was its last.
+        Idempotent: asked again with the same result, it answers True and writes nothing."""
         with self.session_scope(write=True) as session:
             result = session.execute(
                 update(Classifier)
@@ -487,12 +450,22 @@ class Database:
                     end_time=func.current_timestamp(),
                 )
             )
-            return result.rowcount == 1
+            if result.rowcount != 1:
+                # An earlier attempt of this call whose commit went through before its
+                # connection dropped already recorded this very result: a success (the
+                # worker must keep its files), not a reap. Reaped rows are never complete.
+                row = session.get(Classifier, classifier_id)
+                return (row is not None and row.status == C.CLASSIFIER_COMPLETE
+                        and row.worker_id == worker_id
+                        and row.model_location == model_location)
+            _finish_run_of(session, classifier_id)
+            return True
 
     @retrying
     def mark_classifier_errored(self, classifier_id: int, worker_id: str,
                                 error_message: str) -> bool:
-        """running -> errored; errors the hyperpartition after too many failures."""
+        """running -> errored; errors the hyperpartition after too many failures, and
+        marks the datarun complete if this was its last classifier."""
         with self.session_scope(write=True) as session:
             result = session.execute(
                 update(Classifier)
@@ -522,6 +495,7 @@ class Database:
                            Hyperpartition.status == C.PARTITION_INCOMPLETE)
                     .values(status=C.PARTITION_ERRORED)
                 )
+            _finish_run_of(session, classifier_id)
             return True
 
     @retrying
@@ -583,12 +557,13 @@ class Database:
     # -- what the selector and tuner read -------------------------------------
 
     @retrying
-    def get_partition_scores(self, datarun_id: int, score_target: str) -> dict[int, list[float]]:
-        """``{hyperpartition id: [scores]}`` for the incomplete partitions of a run.
-
-        Errored and running classifiers count as 0.0, as in the original ATM, so
-        a partition that keeps failing is chosen less; reaped ones do not count.
-        """
+    def get_selection_state(self, datarun_id: int, score_target: str, after_id: int,
+                            also_ids: Sequence[int] = ()) -> SelectionState:
+        """What a worker needs to choose its next classifier, read incrementally: the ids
+        of the run's open (``incomplete``) partitions, and its classifiers whose id is
+        above ``after_id`` or in ``also_ids`` (the rows the caller saw running, and the
+        gaps it has not seen yet), oldest first. :mod:`atm.scoreboard` keeps the rest."""
+        ids = sorted(set(also_ids))
         with self.session_scope() as session:
             partitions = session.scalars(
                 select(Hyperpartition.id).where(
@@ -596,39 +571,28 @@ class Database:
                     Hyperpartition.status == C.PARTITION_INCOMPLETE,
                 ).order_by(Hyperpartition.id)
             ).all()
-            scores: dict[int, list[float]] = {pid: [] for pid in partitions}
-            # The score and "handed back" are computed by the database: no traceback text
-            # crosses the wire for errored rows, on every selection.
+            which = Classifier.id > after_id
+            if ids:
+                which = or_(which, Classifier.id.in_(ids))
+            # The score and "handed back" are computed by the database: no traceback
+            # text crosses the wire for errored rows.
             rows = session.execute(
-                select(Classifier.hyperpartition_id,
+                select(Classifier.id, Classifier.hyperpartition_id, Classifier.status,
+                       ~_not_handed_back().label("handed_back"),
                        case((Classifier.status == C.CLASSIFIER_COMPLETE,
-                             score_expression(score_target)), else_=None).label("score"))
-                .where(Classifier.datarun_id == datarun_id, _not_handed_back())
+                             score_expression(score_target)), else_=None).label("score"),
+                       Classifier.hyperparameter_values)
+                .where(Classifier.datarun_id == datarun_id, which)
                 .order_by(Classifier.id)
             ).all()
-        for row in rows:
-            if row.hyperpartition_id in scores:
-                scores[row.hyperpartition_id].append(
-                    float(row.score) if row.score is not None else 0.0)
-        return scores
-
-    @retrying
-    def get_partition_history(self, hyperpartition_id: int,
-                              score_target: str) -> list[tuple[dict[str, Any], float]]:
-        """(hyperparameter values, score) of the complete classifiers of a partition."""
-        with self.session_scope() as session:
-            rows = session.execute(
-                select(Classifier.hyperparameter_values, Classifier.cv_judgment_metric,
-                       Classifier.cv_judgment_metric_stdev, Classifier.test_judgment_metric)
-                .where(Classifier.hyperpartition_id == hyperpartition_id,
-                       Classifier.status == C.CLASSIFIER_COMPLETE)
-                .order_by(Classifier.id)
-            ).all()
-        history = []
-        for row in rows:
-            value = _score_from_row(row, score_target)
-            history.append((row.hyperparameter_values, float(value) if value is not None else 0.0))
-        return history
+        return SelectionState(
+            list(partitions),
+            [ClassifierState(row.id, row.hyperpartition_id, row.status,
+                             bool(row.handed_back),
+                             None if row.score is None else float(row.score),
+                             row.hyperparameter_values)
+             for row in rows],
+        )
 
     @retrying
     def get_best_classifier(self, datarun_id: int, score_target: str) -> Classifier | None:
@@ -669,46 +633,52 @@ class Database:
             raise ValueError(f"unknown filter operator {op!r}")
         return clauses[op]()
 
-    @staticmethod
-    def _rest_load_options(model: type[Base]) -> list[Any]:
-        from sqlalchemy import inspect as sa_inspect
-
-        return [selectinload(rel.class_attribute) for rel in sa_inspect(model).relationships]
-
     @retrying
     def page_rows(self, model: type[Base], filters: Sequence[tuple[str, str, Any]] = (),
                   order_by: Sequence[tuple[str, str]] = (), offset: int = 0,
                   limit: int | None = None,
-                  parent: tuple[type[Base], int, str] | None = None) -> tuple[int, list[Any]]:
-        """``(number of matching rows, one page of them)`` of a table.
+                  parent: tuple[type[Base], int, str] | None = None,
+                  ) -> tuple[int, list[dict[str, Any]]]:
+        """``(number of matching rows, one page of them)`` of a table, each row a dict
+        of its columns plus its relationships one level deep (see :func:`_attach_related`).
 
         ``filters`` are ``(column, op, value)``, ``order_by`` ``(column, "asc"|"desc")``
         (ties broken by id); ``parent=(model, id, relation)`` keeps the rows that
         are that parent's relation (NotFoundError if the parent does not exist).
         """
-        from sqlalchemy.orm import with_parent
-
+        table = model.__table__
         with self.session_scope() as session:
             conditions = [self._rest_filter_clause(model, *f) for f in filters]
             if parent is not None:
                 parent_model, parent_id, relation = parent
-                parent_row = self._get_or_raise(session, parent_model, parent_id)
-                conditions.append(with_parent(parent_row, getattr(parent_model, relation)))
-            total = session.scalar(select(func.count()).select_from(model).where(*conditions))
+                if session.scalar(select(parent_model.id).where(
+                        parent_model.id == parent_id)) is None:
+                    raise NotFoundError(
+                        f"{parent_model.__tablename__[:-1]} {parent_id} does not exist")
+                conditions.append(_children_of(parent_model, relation, parent_id))
+            total = session.scalar(select(func.count()).select_from(table).where(*conditions))
             ordering = [getattr(model, name).desc() if direction == "desc"
                         else getattr(model, name).asc() for name, direction in order_by]
-            query = (select(model).where(*conditions)
-                     .options(*self._rest_load_options(model))
-                     .order_by(*ordering, model.id.asc()).offset(offset))
+            query = (select(table).where(*conditions)
+                     .order_by(*ordering, table.c.id.asc()).offset(offset))
             if limit is not None:
                 query = query.limit(limit)
-            return int(total or 0), list(session.scalars(query))
+            rows = [dict(row) for row in session.execute(query).mappings()]
+            _attach_related(session, model, rows)
+            return int(total or 0), rows
 
     @retrying
-    def get_row(self, model: type[Base], row_id: int) -> Any:
-        """One row of any table with its relationships loaded, or NotFoundError."""
+    def get_row(self, model: type[Base], row_id: int) -> dict[str, Any]:
+        """One row of any table (a dict, with its relationships one level deep), or
+        NotFoundError."""
+        table = model.__table__
         with self.session_scope() as session:
-            return self._get_or_raise(session, model, row_id, self._rest_load_options(model))
+            row = session.execute(select(table).where(table.c.id == row_id)).mappings().first()
+            if row is None:
+                raise NotFoundError(f"{model.__tablename__[:-1]} {row_id} does not exist")
+            rows = [dict(row)]
+            _attach_related(session, model, rows)
+            return rows[0]
 
     @retrying
     def count_rows(self, model: type[Base]) -> int:
@@ -768,6 +738,159 @@ class Database:
         return progress
 
 
+def _children_of(parent_model: type[Base], relation: str, parent_id: int) -> Any:
+    """SQL: the rows of ``parent_model.<relation>`` for one parent."""
+    (local, remote), = sa_inspect(parent_model).relationships[relation].local_remote_pairs
+    if local.table is parent_model.__table__ and local.primary_key:
+        return remote == parent_id  # one-to-many: the child's foreign key
+    raise ValueError(f"{relation} is not a collection of {parent_model.__name__}")
+
+
+def _attach_related(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Give each row dict its relationships, one level deep and as plain column dicts:
+    ``row[name]`` is the related row (or None) for a to-one relationship, the list of
+    related rows (oldest first) for a to-many one. One query per relationship for the
+    whole page, reading columns only (no ORM objects: list pages stay cheap)."""
+    for relationship in sa_inspect(model).relationships:
+        target = relationship.mapper.class_.__table__
+        (local, remote), = relationship.local_remote_pairs
+        keys = {row[local.key] for row in rows if row[local.key] is not None}
+        found: dict[Any, Any] = {}
+        if keys:
+            related = session.execute(
+                select(target).where(remote.in_(sorted(keys))).order_by(target.c.id)
+            ).mappings()
+            for item in related:
+                if relationship.uselist:
+                    found.setdefault(item[remote.key], []).append(dict(item))
+                else:
+                    found[item[remote.key]] = dict(item)
+        for row in rows:
+            value = found.get(row[local.key])
+            if value is None and relationship.uselist:
+                value = []
+            row[relationship.key] = value  # shared between rows: read it, do not change it
+
+
+class Refused(enum.Enum):
+    """Why :meth:`Database.claim_classifier` claimed nothing."""
+
+    NO_BUDGET = "no budget slot left"
+    PARTITION_TAKEN = "another worker closed the partition"
+
+
+class ClassifierState(NamedTuple):
+    """One classifier as the selector and tuner see it."""
+
+    id: int
+    hyperpartition_id: int
+    status: str
+    handed_back: bool  # reaped or handed back: it counts for nothing
+    score: float | None  # the run's score target, for complete rows
+    hyperparameter_values: dict[str, Any]
+
+
+class SelectionState(NamedTuple):
+    open_partitions: list[int]
+    classifiers: list[ClassifierState]
+
+
+def _take_budget_slot(session: Session, datarun_id: int) -> bool:
+    """One budget slot of an unfinished run, compare-and-set in a single UPDATE."""
+    has_room = or_(
+        and_(Datarun.budget_type == C.BUDGET_CLASSIFIER, Datarun.n_started < Datarun.budget),
+        and_(Datarun.budget_type != C.BUDGET_CLASSIFIER,
+             or_(Datarun.deadline.is_(None), Datarun.deadline > func.current_timestamp())),
+    )
+    result = session.execute(
+        update(Datarun)
+        .where(Datarun.id == datarun_id,
+               Datarun.status.in_(C.UNFINISHED_DATARUN_STATUSES), has_room)
+        .values(n_started=Datarun.n_started + 1)
+    )
+    if result.rowcount == 1:
+        return True
+    if session.get(Datarun, datarun_id) is None:
+        raise NotFoundError(f"datarun {datarun_id} does not exist")
+    return False
+
+
+def _close_partition(session: Session, hyperpartition_id: int) -> bool:
+    result = session.execute(
+        update(Hyperpartition)
+        .where(Hyperpartition.id == hyperpartition_id,
+               Hyperpartition.status == C.PARTITION_INCOMPLETE)
+        .values(status=C.PARTITION_GRIDDING_DONE)
+    )
+    return result.rowcount == 1
+
+
+def _running_row_of(session: Session, worker_id: str, datarun_id: int) -> int | None:
+    """The running classifier of a worker in a run (a worker runs one at a time)."""
+    return session.scalar(
+        select(Classifier.id).where(Classifier.worker_id == worker_id,
+                                    Classifier.status == C.CLASSIFIER_RUNNING,
+                                    Classifier.datarun_id == datarun_id)
+    )
+
+
+def _insert_running(session: Session, datarun_id: int, hyperpartition_id: int,
+                    hyperparameter_values: dict[str, Any], host: str, worker_id: str,
+                    pid: int) -> int:
+    classifier = Classifier(
+        datarun_id=datarun_id,
+        hyperpartition_id=hyperpartition_id,
+        hyperparameter_values=hyperparameter_values,
+        host=host,
+        worker_id=worker_id,
+        pid=pid,
+        status=C.CLASSIFIER_RUNNING,
+        start_time=func.current_timestamp(),
+        heartbeat_at=func.current_timestamp(),
+    )
+    session.add(classifier)
+    session.flush()
+    return classifier.id
+
+
+def _finish_run_if_done(session: Session, datarun_id: int) -> bool:
+    """Mark an unfinished run complete once nothing of it runs and its budget, its
+    deadline or its open partitions are used up: one compare-and-set UPDATE."""
+    nothing_runs = ~(
+        select(Classifier.id)
+        .where(Classifier.datarun_id == datarun_id, Classifier.status == C.CLASSIFIER_RUNNING)
+        .exists()
+    )
+    no_open_partition = ~(
+        select(Hyperpartition.id)
+        .where(Hyperpartition.datarun_id == datarun_id,
+               Hyperpartition.status == C.PARTITION_INCOMPLETE)
+        .exists()
+    )
+    budget_used = or_(
+        and_(Datarun.budget_type == C.BUDGET_CLASSIFIER, Datarun.n_started >= Datarun.budget),
+        and_(Datarun.budget_type != C.BUDGET_CLASSIFIER, Datarun.deadline.is_not(None),
+             Datarun.deadline <= func.current_timestamp()),
+    )
+    result = session.execute(
+        update(Datarun)
+        .where(Datarun.id == datarun_id, Datarun.status.in_(C.UNFINISHED_DATARUN_STATUSES),
+               nothing_runs, or_(budget_used, no_open_partition))
+        .values(status=C.DATARUN_COMPLETE, end_time=func.current_timestamp())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    LOGGER.info("datarun %s has ended", datarun_id)
+    return True
+
+
+def _finish_run_of(session: Session, classifier_id: int) -> bool:
+    datarun_id = session.scalar(
+        select(Classifier.datarun_id).where(Classifier.id == classifier_id))
+    return _finish_run_if_done(session, datarun_id)
+
+
 def _db_now(session: Session) -> datetime:
     """The database's current time as a naive UTC datetime, to the second."""
     value = session.execute(select(func.current_timestamp())).scalar_one()
@@ -795,12 +918,5 @@ def score_expression(score_target: str) -> Any:
     return getattr(Classifier, score_target)
 
 
-def _score_from_row(row: Any, score_target: str) -> float | None:
-    if score_target == "mu_sigma_judgment_metric":
-        if row.cv_judgment_metric is None or row.cv_judgment_metric_stdev is None:
-            return None
-        return row.cv_judgment_metric - 2 * row.cv_judgment_metric_stdev
-    return getattr(row, score_target)
-
-
-__all__ = ["Database", "build_engine", "retrying", "score_of", "SQLAlchemyError"]
+__all__ = ["ClassifierState", "Database", "Refused", "SelectionState", "build_engine",
+           "retrying", "score_of", "SQLAlchemyError"]

@@ -103,9 +103,16 @@ class FitProcess:
 
     def run(self, task: Any, timeout: float) -> Any:
         """``target(task)`` in the child; raises :class:`FitFailed` when it raised, took
-        longer than ``timeout`` seconds, or its process died."""
-        self.ensure_started()
-        assert self._conn is not None and self._process is not None
+        longer than ``timeout`` seconds, or its process died.
+
+        The child must have been started by :meth:`ensure_started`, before the caller
+        started other threads: if it has died since, this fails the task rather than fork
+        again from a process that now has other threads."""
+        if self._conn is None or self._process is None or not self._process.is_alive():
+            reason = ("it was never started" if self._process is None
+                      else _death_reason(self._process.exitcode))
+            raise FitFailed(f"no fit process to send the task to: {reason}; a new one "
+                            "starts with the next classifier")
         finished = False
         try:
             self._conn.send(task)

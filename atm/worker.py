@@ -22,11 +22,12 @@ from threadpoolctl import threadpool_limits
 
 from atm import constants as C
 from atm.artifacts import artifact_stem, remove_partial_files
-from atm.database import Database
+from atm.database import Database, Refused
 from atm.exceptions import DatabaseUnavailableError, StorageError
 from atm.isolation import FitFailed, FitProcess
 from atm.metrics import judgment_metric_for
 from atm.models import Datarun, Hyperpartition
+from atm.scoreboard import Scoreboard
 from atm.training import FitTask, train_and_save
 from atm.tuning import propose, select_partition
 
@@ -87,6 +88,7 @@ class Worker:
         timeout = self.options.classifier_timeout
         self._fitter = FitProcess(train_and_save) if timeout else None
         self._partitions: dict[int, dict[int, Hyperpartition]] = {}
+        self._boards: dict[int, Scoreboard] = {}
         self.classifiers_run = 0
         self._storage_backoff = 0.0
         self._last_reap = -float("inf")
@@ -137,6 +139,7 @@ class Worker:
                 continue
             if reaped:
                 LOGGER.warning("reaped classifier(s) of lost workers: %s", reaped)
+            self._forget_ended(runs)
             if not runs:
                 if not wait:
                     LOGGER.info("no unfinished dataruns; worker exiting")
@@ -180,24 +183,36 @@ class Worker:
             return False
         if run.status == C.DATARUN_PENDING:
             self.db.mark_datarun_running(run.id)
-        if not self.db.reserve_budget_slot(run.id):
-            self.db.complete_datarun_if_done(run.id)
-            return False
-        used = ended = False
-        try:
-            choice = self._choose(run)
-            if choice is not None:
-                partition, params = choice
-                classifier_id = self.db.start_classifier(
-                    run.id, partition.id, params, self.host, self.worker_id, os.getpid())
-                used = True  # the slot now belongs to a row: reaping or the end frees it
-                ended = self._train(run, partition, params, classifier_id)
-        finally:
-            if not used:
-                self.db.release_budget_slot(run.id)
-            if self.db.complete_datarun_if_done(run.id):
-                LOGGER.info("datarun %s has ended", run.id)
-        return ended
+        board = self._board(run)
+        board.refresh()
+        closed: set[int] = set()  # partitions found closed since that refresh
+        while True:
+            choice = self._choose(run, board, closed)
+            if choice is None:
+                self.db.complete_datarun_if_done(run.id)  # no open partition is left
+                return False
+            partition, params, last = choice
+            # One transaction takes the budget slot and inserts the row (and, for a
+            # partition with nothing to tune, closes it): a refusal leaves nothing.
+            claimed = self.db.claim_classifier(run.id, partition.id, params, self.host,
+                                               self.worker_id, os.getpid(),
+                                               last_of_partition=last)
+            if claimed is Refused.PARTITION_TAKEN:
+                closed.add(partition.id)  # another worker trains that one: choose again
+                continue
+            if claimed is Refused.NO_BUDGET:
+                self.db.complete_datarun_if_done(run.id)
+                return False
+            # The slot belongs to the row now: recording it (which also ends the run
+            # after its last classifier), reaping it or handing it back frees it.
+            return self._train(run, partition, params, claimed)
+
+    def _forget_ended(self, runs: Sequence[Datarun]) -> None:
+        """Drop the cached views of runs that are no longer unfinished."""
+        live = {run.id for run in runs}
+        for cache in (self._boards, self._partitions):
+            for run_id in [r for r in cache if r not in live]:
+                del cache[run_id]
 
     def _partition(self, run: Datarun, partition_id: int) -> Hyperpartition:
         cached = self._partitions.get(run.id)
@@ -206,10 +221,19 @@ class Worker:
             self._partitions[run.id] = cached
         return cached[partition_id]
 
-    def _choose(self, run: Datarun) -> tuple[Hyperpartition, dict[str, Any]] | None:
-        """Select a hyperpartition and propose its parameters (None: nothing left)."""
+    def _board(self, run: Datarun) -> Scoreboard:
+        board = self._boards.get(run.id)
+        if board is None:
+            board = self._boards[run.id] = Scoreboard(self.db, run.id, run.score_target)
+        return board
+
+    def _choose(self, run: Datarun, board: Scoreboard,
+                closed: set[int]) -> tuple[Hyperpartition, dict[str, Any], bool] | None:
+        """Select an open hyperpartition (not in ``closed``) and propose its parameters:
+        (partition, values, whether this is the partition's only classifier), or None
+        when no partition is open."""
         while True:
-            scores = self.db.get_partition_scores(run.id, run.score_target)
+            scores = {pid: s for pid, s in board.scores().items() if pid not in closed}
             if not scores:
                 return None
             methods = {pid: self._partition(run, pid).method for pid in scores}
@@ -217,18 +241,16 @@ class Worker:
                 run, select_partition(run.selector, scores, run.k_window, methods)
             )
             if not partition.tunables:
-                # Nothing to tune: train it exactly once, whichever worker wins.
-                if self.db.set_hyperpartition_status(partition.id, C.PARTITION_GRIDDING_DONE):
-                    return partition, self._full_params(partition, {})
-                continue
-            history = self.db.get_partition_history(partition.id, run.score_target)
-            proposal = propose(run.tuner, partition.tunables, history, run.gridding,
-                               run.r_minimum)
+                # Nothing to tune: trained exactly once, by whichever worker claims it.
+                return partition, self._full_params(partition, {}), True
+            proposal = propose(run.tuner, partition.tunables, board.history(partition.id),
+                               run.gridding, run.r_minimum)
             if proposal is None:
                 self.db.set_hyperpartition_status(partition.id, C.PARTITION_GRIDDING_DONE)
                 LOGGER.info("hyperpartition %s: grid used up", partition.id)
+                closed.add(partition.id)
                 continue
-            return partition, self._full_params(partition, proposal)
+            return partition, self._full_params(partition, proposal), False
 
     @staticmethod
     def _full_params(partition: Hyperpartition, proposal: dict[str, Any]) -> dict[str, Any]:
@@ -322,21 +344,33 @@ class Worker:
                 return record(*args, **kwargs)
             except DatabaseUnavailableError as e:
                 LOGGER.error("cannot record classifier %s yet (database unavailable: %s); "
-                             "retrying in %.0fs", args[0], e, delay)
+                             "retrying in %.1fs", args[0], e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     def _log_result(self, run: Datarun, partition: Hyperpartition, classifier_id: int,
                     metric: str, scores: dict[str, Any], seconds: float) -> None:
-        best = self.db.get_best_classifier(run.id, run.score_target)
-        best_text = "none yet"
-        if best is not None:
-            best_text = f"{getattr(best, run.score_target):.4f} (classifier {best.id})"
+        # The best as of this worker's last look at the run, and this classifier.
+        board = self._boards.get(run.id)
+        best = board.best if board is not None else None
+        own = score_target_value(scores, run.score_target)
+        if own is not None and (best is None or own > best[0]):
+            best = (own, classifier_id)
+        best_text = "none yet" if best is None else f"{best[0]:.4f} (classifier {best[1]})"
         cv = "n/a" if scores["cv"] is None else f"{scores['cv']:.4f} ± {scores['cv_stdev']:.4f}"
         LOGGER.info("classifier %s datarun %s %s: cv %s %s, test %s, %.2fs; best so far %s",
                     classifier_id, run.id, partition.method, metric, cv,
                     "n/a" if scores["test"] is None else f"{scores['test']:.4f}",
                     seconds, best_text)
+
+
+def score_target_value(scores: dict[str, Any], score_target: str) -> float | None:
+    """A fit's value of the run's score target, from its ``cv``/``cv_stdev``/``test``."""
+    if score_target == "mu_sigma_judgment_metric":
+        if scores["cv"] is None or scores["cv_stdev"] is None:
+            return None
+        return scores["cv"] - 2 * scores["cv_stdev"]
+    return scores["test" if score_target == "test_judgment_metric" else "cv"]
 
 
 def _remove_quietly(path: str) -> None:

@@ -165,10 +165,8 @@ class CallTimer:
 
 
 DB_METHODS = ("reap_stale_classifiers", "get_unfinished_dataruns", "mark_datarun_running",
-              "reserve_budget_slot", "release_budget_slot", "complete_datarun_if_done",
-              "get_partition_scores", "get_hyperpartitions", "get_partition_history",
-              "start_classifier", "complete_classifier", "get_best_classifier",
-              "set_hyperpartition_status")
+              "get_selection_state", "get_hyperpartitions", "claim_classifier",
+              "complete_classifier", "complete_datarun_if_done", "set_hyperpartition_status")
 WORKER_NAMES = ("propose", "select_partition", "train_and_save")
 TASK_NAMES = ("dataset_frames", "save_model", "save_metrics")  # looked up in atm.training
 

@@ -127,7 +127,7 @@ def test_no_model_for_a_classifier_without_one(client, db, workdir):
     client.post("/api/datasets", json={"train_path": copy_demo(workdir), "class_column": "class"})
     client.post("/api/run", json={"dataset_id": 1, "methods": ["dt"]})
     partition = client.get("/api/hyperpartitions/1").get_json()
-    classifier_id = db.start_classifier(1, partition["id"], {}, "host", "w1", 1)
+    classifier_id = db.claim_classifier(1, partition["id"], {}, "host", "w1", 1)
     assert_problem(client.get(f"/api/classifiers/{classifier_id}/model"), 404,
                    "has no model file (status running)")
     assert_problem(client.post(f"/api/classifiers/{classifier_id}/predict",

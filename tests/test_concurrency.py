@@ -19,12 +19,16 @@ from atm import registry
 from atm.database import Database
 
 CLAIMER = textwrap.dedent("""
-    import sys
-    from atm.database import Database
+    import os, sys
+    from atm.database import Database, Refused
     db = Database(sys.argv[1], create=False)
-    run_id = int(sys.argv[2])
+    run_id, partition_id = int(sys.argv[2]), int(sys.argv[3])
     won = 0
-    while db.reserve_budget_slot(run_id):
+    while True:
+        claimed = db.claim_classifier(run_id, partition_id, {}, "h", f"{os.getpid()}-{won}",
+                                      os.getpid())
+        if claimed is Refused.NO_BUDGET:
+            break
         won += 1
     print(won)
 """)
@@ -58,7 +62,8 @@ def test_eight_processes_racing_for_slots_win_exactly_the_budget(any_db, tmp_pat
     dataset = registry.add_dataset(any_db, demo("iris"))
     run = registry.add_datarun(any_db, dataset.id, budget=150, methods=["dt"])
     processes = [
-        subprocess.Popen([sys.executable, "-c", CLAIMER, any_db.url, str(run.id)],
+        subprocess.Popen([sys.executable, "-c", CLAIMER, any_db.url, str(run.id),
+                          str(run.hyperpartitions[0].id)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(8)
     ]
@@ -69,6 +74,7 @@ def test_eight_processes_racing_for_slots_win_exactly_the_budget(any_db, tmp_pat
         wins.append(int(out))
     assert sum(wins) == 150
     assert any_db.get_datarun(run.id).n_started == 150
+    assert any_db.count_classifiers(run.id)["running"] == 150  # one row per slot won
 
 
 def test_four_workers_finish_a_datarun_at_exact_budget(any_db, workdir, demo):
