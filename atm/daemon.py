@@ -262,16 +262,12 @@ def stop_instance(pid_path: str | os.PathLike, timeout: float = 5.0,
 class _Child:
     """One supervised slot: the server or worker number ``index``."""
 
-    def __init__(self, role: str, index: int) -> None:
-        self.role, self.index = role, index
+    def __init__(self, role: str, index: int, label: str) -> None:
+        self.role, self.index, self.label = role, index, label
         self.process: Any = None
         self.started_at = 0.0
         self.failures = 0
         self.restart_at = 0.0
-
-    @property
-    def label(self) -> str:
-        return "server" if self.role == "server" else f"worker {self.index}"
 
     @property
     def alive(self) -> bool:
@@ -290,9 +286,14 @@ class Supervisor:
     def __init__(self, settings: Settings, workers: int, hooks: ServiceHooks,
                  listen: socket.socket | None = None, private_fds: tuple[int, ...] = ()) -> None:
         self.settings, self.hooks, self.listen = settings, hooks, listen
-        self.children = [_Child("worker", i + 1) for i in range(workers)]
+        self.children = [_Child("worker", i + 1, f"worker {i + 1}") for i in range(workers)]
         if listen is not None:
-            self.children.insert(0, _Child("server", 0))
+            # Several server processes accept on the one listening socket: the kernel
+            # hands each connection to one of them, so the API uses more than one core.
+            servers = max(1, settings.server_processes)
+            self.children[:0] = [
+                _Child("server", i + 1, "server" if servers == 1 else f"server {i + 1}")
+                for i in range(servers)]
         self._context = multiprocessing.get_context("fork")
         self._signals = 0
         self._pid = os.getpid()

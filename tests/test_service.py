@@ -128,8 +128,8 @@ def test_walkthrough_start_status_demo_run_stop(instance):
     assert status.stdout.splitlines()[:2] == [
         "ATM is running with 2 workers", f"ATM REST server is listening on {instance.url}"]
     service = processes_in(instance.folder)
-    assert sorted(p.name() for p in service) == [
-        "atm-server", "atm-supervisor", "atm-worker", "atm-worker"]
+    assert sorted(p.name() for p in service) == [  # two server processes by default
+        "atm-server", "atm-server", "atm-supervisor", "atm-worker", "atm-worker"]
 
     demos = instance.atm("get_demos")
     assert demos.returncode == 0, demos.stderr
@@ -196,6 +196,37 @@ def test_killed_worker_is_replaced_and_budget_stays_exact(instance):
 
     assert instance.atm("stop").returncode == 0
     assert processes_in(instance.folder) == []
+
+
+def test_a_killed_server_process_is_replaced_while_the_other_serves(instance):
+    instance.start("-w", "0", "--server-processes", "2")
+    servers = [p for p in instance.supervisor().children() if p.name() == "atm-server"]
+    assert len(servers) == 2
+    victim = servers[0]
+    victim.kill()
+    victim.wait(timeout=10)
+    # The survivor accepts on the same socket: the API keeps answering meanwhile.
+    answers = [requests.get(f"{instance.url}/api/datasets", timeout=30).status_code
+               for _ in range(40)]
+    assert answers == [200] * 40
+
+    def replaced():
+        pids = {p.pid for p in instance.supervisor().children()
+                if alive(p) and p.name() == "atm-server"}
+        return len(pids) == 2 and victim.pid not in pids
+    wait_for(replaced, what="the supervisor to replace the killed server process")
+    log = (instance.folder / "atm.log").read_text()
+    assert f"(pid {victim.pid}) died (killed by SIGKILL)" in log
+    assert instance.atm("stop").returncode == 0
+    assert processes_in(instance.folder) == []
+
+
+def test_server_processes_must_be_at_least_one(instance):
+    result = instance.atm("start", "--port", str(instance.port), "--server-processes", "0")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "--server-processes must be at least 1, got 0")
+    assert processes_in(instance.folder) == [] and not (instance.folder / "atm.pid").exists()
 
 
 @pytest.mark.slow

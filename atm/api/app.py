@@ -14,6 +14,8 @@ from atm.api.spec import init_swagger
 from atm.config import Settings, load_settings
 from atm.database import Database
 
+API_MAX_ATTEMPTS = 3
+
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:
     """A new app serving the ModelHub of ``db`` (default: ``settings.sql_url``).
@@ -22,7 +24,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     environment). Nothing happens at import time; every call builds a fresh app.
     """
     settings = settings or load_settings()
-    db = db or Database(settings.sql_url)
+    # A request retries a lost connection a few times (well under a second of back-off),
+    # then answers 503 with Retry-After rather than keep its client waiting.
+    db = db or Database(settings.sql_url, max_attempts=API_MAX_ATTEMPTS)
     app = Flask("atm.api")
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1e6)
     app.config["MAX_FORM_MEMORY_SIZE"] = int(settings.max_upload_mb * 1e6)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from flask import current_app
 
@@ -18,6 +19,8 @@ class ApiContext:
 
     settings: Settings
     db: Database
+    # datarun id -> progress figures of a complete datarun: they never change again.
+    final_progress: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def api_context() -> ApiContext:

@@ -72,10 +72,10 @@ def relation_view(table: str, row_id: int, relation: str) -> ResponseReturnValue
     target = resource_of(resource.relations[relation].model)
     if not resource.relations[relation].many:
         parent = db.get_row(resource.model, row_id)
-        related = getattr(parent, relation)
+        related = parent[relation]
         if related is None:
             raise NotFoundError(f"{resource.singular} {row_id} has no {relation}")
-        return jsonify(serialize_one(db, target, db.get_row(target.model, related.id)))
+        return jsonify(serialize_one(db, target, db.get_row(target.model, related["id"])))
     query = parse_list_query(target, request.args)
     total, rows = db.page_rows(target.model, query.filters, query.order_by, query.offset,
                                query.results_per_page,

@@ -47,10 +47,18 @@ class Resource:
     def schema_name(self) -> str:
         return self.model.__name__
 
-    @property
+    @functools.cached_property
     def json_columns(self) -> list[str]:
         """Columns that hold JSON; each is also served base64-pickled as ``<name>_64``."""
         return [name for name, column in self.columns.items() if is_json(column)]
+
+    @functools.cached_property
+    def converted_columns(self) -> list[str]:
+        """Columns whose values need :func:`atm.api.serialize.plain_value` (times and
+        floats); the others (ids, text, flags, JSON) are served as read."""
+        plain = (int, str, bool, type(None))
+        return [name for name in self.columns
+                if not is_json(self.columns[name]) and self.python_type(name) not in plain]
 
     def python_type(self, name: str) -> type | None:
         """The Python type of a column's values, or None for JSON columns."""
