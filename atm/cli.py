@@ -10,17 +10,29 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atm import constants as C
 from atm.config import Settings, load_settings
 from atm.exceptions import ATMError
 
+if TYPE_CHECKING:
+    from atm.database import Database
+
 LOGGER = logging.getLogger("atm.cli")
 LOG_FORMAT = "%(asctime)s %(levelname)s [{role} %(process)d] %(name)s: %(message)s"
+
+# `atm status` warns when a models or metrics directory's disk has less free space than
+# this many bytes or this share of its size, and reports the classifiers that could not
+# be saved within this many minutes. It gives up on an unreachable database quickly.
+LOW_FREE_SPACE_BYTES = 100 * 1024 * 1024
+LOW_FREE_SPACE_FRACTION = 0.01
+STORAGE_FAILURE_WINDOW_MINUTES = 10
+STATUS_DATABASE_ATTEMPTS = 2
 
 Command = Callable[[argparse.Namespace, Settings], int]
 OptionAdder = Callable[[argparse.ArgumentParser], None]
@@ -132,10 +144,11 @@ def cmd_enter_data(args: argparse.Namespace, settings: Settings) -> int:
         from atm.data import summarize_dataset
 
         summary = summarize_dataset(args.train_path, args.test_path, args.class_column,
-                                    args.name, args.description)
+                                    args.name, args.description, settings.max_decompressed_mb)
         registry.check_datarun_options(options, summary.k_classes)
         dataset = registry.add_dataset(db, args.train_path, args.test_path, args.class_column,
-                                       args.name, args.description)
+                                       args.name, args.description,
+                                       settings.max_decompressed_mb)
         print(f"dataset {dataset.id} ({dataset.name}): {dataset.n_examples} rows, "
               f"{dataset.d_features} features, {dataset.k_classes} classes")
         dataset_id = dataset.id
@@ -220,18 +233,22 @@ def cmd_restart(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Say whether ATM runs, with how many workers, where, and on which dataruns."""
+    """Say whether ATM runs, with how many workers, where, and on which dataruns, and
+    what is wrong with storage (exit code 0: running, 1: not running)."""
     from atm import daemon
 
     status = daemon.instance_status(_resolve_paths(settings).pid)
     if status is None:
         print("ATM is not running.")
-        return 1
-    print(f"ATM is running with {_workers_text(status.workers)}")
-    if status.server_url:
-        print(f"ATM REST server is listening on {status.server_url}")
-    _print_unfinished_dataruns(settings)
-    return 0
+    else:
+        print(f"ATM is running with {_workers_text(status.workers)}")
+        if status.server_url:
+            print(f"ATM REST server is listening on {status.server_url}")
+    # Workers may run elsewhere (`atm worker`, other machines): report storage either way.
+    _print_database_status(settings, dataruns=status is not None)
+    for problem in storage_directory_problems(settings):
+        print(f"storage problem: {problem}")
+    return 1 if status is None else 0
 
 
 def _resolve_paths(settings: Settings) -> Settings:
@@ -251,6 +268,9 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     if settings.workers < 0 or (settings.workers == 0 and not serve):
         raise CommandError(f"--workers must be at least {0 if serve else 1}, "
                            f"got {settings.workers}")
+    if serve and settings.server_processes < 1:
+        raise CommandError(f"--server-processes must be at least 1, "
+                           f"got {settings.server_processes}")
     running = daemon.find_supervisor(settings.pid)
     if running is not None:
         raise CommandError(f"ATM is already running! (pid {running.pid}, pid file "
@@ -331,31 +351,91 @@ def _stop(args: argparse.Namespace, settings: Settings, restarting: bool) -> int
     return 0
 
 
-def _print_unfinished_dataruns(settings: Settings) -> None:
+def _print_database_status(settings: Settings, dataruns: bool) -> None:
+    """The unfinished dataruns (if ``dataruns``) and the recent storage failures."""
     from sqlalchemy.engine import make_url
 
-    from atm.database import Database, score_of
+    from atm.database import Database
 
     url = make_url(settings.sql_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
             and not os.path.exists(url.database):
-        return  # no database here yet, so no dataruns (and do not create one)
+        return  # no database here yet, so nothing to report (and do not create one)
+    db = Database(settings.sql_url, create=False, max_attempts=STATUS_DATABASE_ATTEMPTS)
     try:
-        db = Database(settings.sql_url, create=False)
-        for run in db.get_unfinished_dataruns():
-            running = db.count_classifiers(run.id)[C.CLASSIFIER_RUNNING]
-            done = max(0, run.n_started - running)
-            budget = (f"{done}/{run.budget} classifiers" if run.budget_type == C.BUDGET_CLASSIFIER
-                      else f"{done} classifiers, {run.budget} minute budget")
-            best = db.get_best_classifier(run.id, run.score_target)
-            score = None if best is None else score_of(best, run.score_target)
-            best_text = ("no score yet" if score is None else
-                         f"best {run.score_target} {score:.4f} (classifier {best.id})")
-            print(f"datarun {run.id} on {run.dataset.name} ({run.status}): {budget} done, "
-                  f"{running} running, {best_text}")
-        db.dispose()
+        if dataruns:
+            _print_unfinished_dataruns(db)
+        _print_storage_failures(db)
     except Exception as e:  # status still answers when the database does not
-        print(f"(cannot read the dataruns: {type(e).__name__}: {e})", file=sys.stderr)
+        detail = (str(e).strip().splitlines() or [""])[0]
+        print(f"(cannot read the database: {type(e).__name__}: {detail})", file=sys.stderr)
+    finally:
+        db.dispose()
+
+
+def _print_storage_failures(db: Database) -> None:
+    count, latest = db.recent_storage_failures(STORAGE_FAILURE_WINDOW_MINUTES)
+    if latest is None:
+        return
+    reason = (latest.error_message or "").removeprefix(f"{C.STORAGE_ERROR_PREFIX}: ")
+    print(f"storage problem: {count} classifier{'' if count == 1 else 's'} could not be "
+          f"saved in the last {STORAGE_FAILURE_WINDOW_MINUTES} min; latest (classifier "
+          f"{latest.id} at {latest.end_time:%Y-%m-%d %H:%M:%S} UTC): {reason}")
+
+
+def storage_directory_problems(settings: Settings) -> list[str]:
+    """What stops workers from writing the configured models and metrics directories:
+    one sentence per problem (not writable, cannot be created, low free space)."""
+    problems: list[str] = []
+    low_space: dict[int, tuple[list[str], str]] = {}  # device -> directories, problem
+    for what, directory in (("models", settings.models_dir),
+                            ("metrics", settings.metrics_dir)):
+        path = os.path.abspath(directory)
+        existing = path
+        while not os.path.exists(existing):  # workers create missing directories
+            existing = os.path.dirname(existing)
+        named = f"{what} directory {path}"
+        if not os.path.isdir(existing):
+            problems.append(f"{named} cannot be created: {existing} is not a directory")
+            continue
+        if not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"{named} is not writable" if existing == path else
+                            f"{named} cannot be created: {existing} is not writable")
+            continue
+        usage = shutil.disk_usage(existing)
+        if usage.free < LOW_FREE_SPACE_BYTES or usage.free < LOW_FREE_SPACE_FRACTION * usage.total:
+            share = 100 * usage.free / usage.total if usage.total else 0.0
+            low_space.setdefault(os.stat(existing).st_dev, (
+                [], f"{_size_text(usage.free)} free ({share:.1f}% of "
+                    f"{_size_text(usage.total)})"))[0].append(named)
+    for directories, free in low_space.values():
+        problems.append(f"only {free} on the disk of the {' and the '.join(directories)}")
+    return problems
+
+
+def _size_text(size: float) -> str:
+    """A byte count as people read it: 0 B, 12 KB, 3.4 MB, 79 GB."""
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 10 else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.0f} GB" if size >= 10 else f"{size:.1f} GB"
+
+
+def _print_unfinished_dataruns(db: Database) -> None:
+    from atm.database import score_of
+
+    for run in db.get_unfinished_dataruns():
+        running = db.count_classifiers(run.id)[C.CLASSIFIER_RUNNING]
+        done = max(0, run.n_started - running)
+        budget = (f"{done}/{run.budget} classifiers" if run.budget_type == C.BUDGET_CLASSIFIER
+                  else f"{done} classifiers, {run.budget} minute budget")
+        best = db.get_best_classifier(run.id, run.score_target)
+        score = None if best is None else score_of(best, run.score_target)
+        best_text = ("no score yet" if score is None else
+                     f"best {run.score_target} {score:.4f} (classifier {best.id})")
+        print(f"datarun {run.id} on {run.dataset.name} ({run.status}): {budget} done, "
+              f"{running} running, {best_text}")
 
 
 # -- files: get_demos, make_config ----------------------------------------------------
@@ -420,6 +500,9 @@ def _start_options(parser: argparse.ArgumentParser) -> None:
     _pid_option(parser)
     group = parser.add_argument_group("start")
     group.add_argument("-w", "--workers", type=int, help="worker processes (1); env ATM_WORKERS")
+    group.add_argument("--server-processes", type=int, metavar="N",
+                       help="REST server processes sharing the port (2); "
+                            "env ATM_SERVER_PROCESSES")
     group.add_argument("--no-server", action="store_true",
                        help="start workers only (e.g. to add workers to a running ATM)")
     group.add_argument("--foreground", action="store_true",
@@ -485,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name, None) for name in (
         "sql_url", "models_dir", "metrics_dir", "log_file", "log_level", "host", "port",
-        "workers", "pid", "api_token", "classifier_timeout")}
+        "workers", "server_processes", "pid", "api_token", "classifier_timeout")}
     return load_settings(getattr(args, "config", None), overrides)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from atm.constants import MAX_DECOMPRESSED_MB
 from atm.exceptions import InvalidInputError
 
 ENV_PREFIX = "ATM_"
@@ -28,6 +29,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 1
+    # REST server processes `atm start` runs on the one port (each serves 4 threads):
+    # one process is bound by its interpreter lock to one core.
+    server_processes: int = 2
     pid: str = "atm.pid"
     # Seconds between heartbeats of a running classifier, and how old a heartbeat
     # may get before another worker declares the classifier lost.
@@ -43,6 +47,9 @@ class Settings:
     data_dirs: list[str] = field(default_factory=lambda: ["."])
     upload_dir: str = "uploads"
     max_upload_mb: float = 100.0
+    # a compressed dataset file (.gz, .bz2, .xz, .zip, .zst, .tar) may hold at most this
+    # many MB of CSV once decompressed, whichever way it arrives (CLI, JSON path, upload)
+    max_decompressed_mb: float = MAX_DECOMPRESSED_MB
     allow_urls: bool = False
     api_token: str | None = None
     protect_reads: bool = False
