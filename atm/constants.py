@@ -74,6 +74,9 @@ DEFAULT_METHODS = ("logreg", "dt", "knn")
 N_FOLDS = 5
 TEST_FRACTION = 0.3
 MAX_HYPERPARTITION_ERRORS = 3
+# default cap (setting max_decompressed_mb) on what a compressed dataset file may hold
+# once decompressed: a small .csv.gz must not expand to more than the machine's memory
+MAX_DECOMPRESSED_MB = 1000.0
 
 # error_message prefix of a classifier whose worker vanished
 WORKER_LOST_PREFIX = "worker lost"

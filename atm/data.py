@@ -5,44 +5,71 @@ learned from them); missing feature values are kept and imputed inside each
 model's pipeline (median for numbers, most frequent value for strings), so a
 CSV with gaps trains instead of crashing or silently losing rows.
 
+Compressed files (pandas decompresses them by their suffix) are read once as a
+stream before pandas parses them, and refused past ``max_decompressed_mb`` (a
+setting; :data:`atm.constants.MAX_DECOMPRESSED_MB` by default): a small ``.gz``
+cannot make a process hold gigabytes.
+
+Numbers pandas leaves as text are read here: a number past the float range
+(``1e999``) is refused, naming its column and row, instead of turning its column
+into text that would be one-hot encoded; integers past 64 bits become floats and
+NaN / infinity spellings pandas does not know (``+nan``, `` -inf ``) are read as such.
+
 Every problem with a file is an :class:`InvalidInputError` naming the file, the
 problem and the fix; nothing a CSV holds may escape as another exception.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import lzma
 import os
+import re
 import tarfile
 import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
 
-from atm.constants import N_FOLDS
+from atm.constants import MAX_DECOMPRESSED_MB, N_FOLDS
 from atm.exceptions import InvalidInputError
 from atm.models import Dataset
 
 # pandas decompresses these by their suffix
 _COMPRESSED = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}
-# what a corrupt or mislabelled compressed file raises inside pandas
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tar.bz2", ".tar.xz")  # pandas reads these as tar
+# what a corrupt or mislabelled compressed file raises (zlib.error: bad deflate data)
 _DECOMPRESSION_ERRORS = (OSError, EOFError, ImportError, zipfile.BadZipFile, tarfile.TarError,
-                         lzma.LZMAError)
+                         lzma.LZMAError, zlib.error)
+_CHUNK = 1 << 20
 _UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # separators people use instead of commas, named in the error that a CSV has one column
 _OTHER_SEPARATORS = {";": "';'", "\t": "tabs", "|": "'|'"}
+# numbers as people write them, which float() reads but pandas may leave as text
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INFINITY_OR_NAN = re.compile(r"[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+_SHOWN_NUMBER = 40  # characters of a refused number quoted in an error
 # column lengths of the datasets table
 _MAX_CLASS_COLUMN = Dataset.__table__.c.class_column.type.length
 _MAX_PATH = Dataset.__table__.c.train_path.type.length
 _MAX_NAME = Dataset.__table__.c.name.type.length
 
 
-def read_csv(path: str | os.PathLike, what: str = "CSV") -> pd.DataFrame:
-    """Read a comma-separated file with a header row, or raise InvalidInputError."""
+def read_csv(path: str | os.PathLike, what: str = "CSV",
+             max_decompressed_mb: float | None = None) -> pd.DataFrame:
+    """Read a comma-separated file with a header row, or raise InvalidInputError.
+
+    A compressed file holding more than ``max_decompressed_mb`` MB once decompressed is
+    refused before pandas reads it (None: no limit).
+    """
     file = Path(path)
     field = "test_path" if what == "test" else "train_path"
     shown = f"{what} file {str(path)!r}"
@@ -54,7 +81,9 @@ def read_csv(path: str | os.PathLike, what: str = "CSV") -> pd.DataFrame:
     try:
         if file.stat().st_size == 0:
             raise InvalidInputError(f"{shown} is empty", field=field)
-        if not compressed:
+        if compressed:
+            _check_decompressed(file, shown, field, max_decompressed_mb)
+        else:
             _check_raw_bytes(file, shown, field)
         header = _read_header(file)
         frame = pd.read_csv(file, encoding="utf-8-sig", low_memory=False)
@@ -101,18 +130,96 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_raw_bytes(file: Path, shown: str, field: str, chunk: int = 1 << 20) -> None:
-    """Refuse UTF-16/32 text and NUL bytes, which pandas would misread as line breaks."""
+def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    while block := stream.read(_CHUNK):
+        yield block
+
+
+def _check_blocks(blocks: Iterable[bytes], shown: str, field: str) -> Iterator[int]:
+    """Refuse UTF-16/32 text and NUL bytes, which pandas would misread as line breaks;
+    yields the number of bytes checked so far."""
+    total = 0
+    for block in blocks:
+        if total == 0 and block.startswith(_UTF16_32_BOMS):
+            raise InvalidInputError(
+                f"{shown} is UTF-16 or UTF-32 text; save it as a UTF-8 CSV", field=field)
+        if b"\x00" in block:
+            raise InvalidInputError(f"{shown} contains NUL bytes (is it a binary file?)",
+                                    field=field)
+        total += len(block)
+        yield total
+
+
+def _check_raw_bytes(file: Path, shown: str, field: str) -> None:
     with open(file, "rb") as handle:
-        first = True
-        while block := handle.read(chunk):
-            if first and block.startswith(_UTF16_32_BOMS):
+        for _ in _check_blocks(_blocks(handle), shown, field):
+            pass
+
+
+def _check_decompressed(file: Path, shown: str, field: str,
+                        max_decompressed_mb: float | None) -> None:
+    """Decompress the file as a stream (a block at a time, never all of it) and refuse it
+    past the limit, or if it holds NUL bytes or UTF-16/32 text."""
+    limit = None if max_decompressed_mb is None else int(max_decompressed_mb * 1e6)
+    with _open_decompressed(file, shown, field) as stream:
+        if stream is None:
+            return
+        for total in _check_blocks(_blocks(stream), shown, field):
+            if limit is not None and total > limit:
+                if limit <= 0:
+                    raise InvalidInputError(
+                        f"{shown} is compressed, and compressed files are not accepted "
+                        "(setting max_decompressed_mb is 0); give the plain CSV", field=field)
                 raise InvalidInputError(
-                    f"{shown} is UTF-16 or UTF-32 text; save it as a UTF-8 CSV", field=field)
-            first = False
-            if b"\x00" in block:
-                raise InvalidInputError(f"{shown} contains NUL bytes (is it a binary file?)",
+                    f"{shown} decompresses to more than {max_decompressed_mb:g} MB, the limit "
+                    "for compressed files (setting max_decompressed_mb); decompress it and "
+                    "give the plain CSV, or raise the limit", field=field)
+
+
+@contextmanager
+def _open_decompressed(file: Path, shown: str, field: str) -> Iterator[IO[bytes] | None]:
+    """The bytes pandas would parse, decompressed the way it would (by the file's suffix).
+
+    None when pandas cannot read the format at all (it names the package to install).
+    """
+    name = file.name.lower()
+    one_file = f"{shown} must be an archive of exactly one CSV file (or give a plain .csv)"
+    if name.endswith(_TAR_SUFFIXES):
+        # Members one at a time: listing them first would decompress the whole archive.
+        with tarfile.open(file, "r:*") as archive:
+            member = archive.next()
+            if member is None:
+                raise InvalidInputError(one_file, field=field)
+            stream = archive.extractfile(member)
+            if stream is None:
+                raise InvalidInputError(f"{shown} holds {member.name!r}, which is not a file; "
+                                        "give an archive of one CSV file (or a plain .csv)",
                                         field=field)
+            yield stream
+            if archive.next() is not None:  # cheap now: the first member has been read
+                raise InvalidInputError(one_file, field=field)
+    elif name.endswith(".zip"):
+        with zipfile.ZipFile(file) as archive:
+            names = archive.namelist()
+            if len(names) != 1:
+                raise InvalidInputError(one_file, field=field)
+            with archive.open(names[0]) as stream:
+                yield stream
+    elif name.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:  # pandas says which package to install
+            yield None
+            return
+        with open(file, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
+            yield stream
+    else:
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(file.suffix.lower())
+        if opener is None:
+            yield None
+            return
+        with opener(file, "rb") as stream:
+            yield stream
 
 
 def _read_header(file: Path) -> list[str]:
@@ -209,20 +316,75 @@ def _check_header(frame: pd.DataFrame, shown: str) -> None:
 
 
 def check_finite(features: pd.DataFrame, path: str | os.PathLike, what: str = "train") -> None:
-    """Refuse infinite numbers ('inf', '1e999'): every model would fail on them."""
+    """Refuse infinite numbers ('inf', '-Infinity'): every model would fail on them."""
     floats = features.select_dtypes(include="floating")
     if floats.shape[1] == 0:
         return
-    infinite = [str(name) for name, bad in
-                zip(floats.columns, np.isinf(floats.to_numpy()).any(axis=0), strict=True)
-                if bad]
+    bad = np.isinf(floats.to_numpy())
+    infinite = [str(name) for name, column_bad in
+                zip(floats.columns, bad.any(axis=0), strict=True) if column_bad]
     if infinite:
+        first_row = _data_row(floats.index[bad.any(axis=1).argmax()])
         raise InvalidInputError(
             f"{what} file {str(path)!r} has infinite values in column(s) "
-            f"{', '.join(infinite)}; replace them with finite numbers, or leave the cells "
-            "empty to mark them missing",
+            f"{', '.join(infinite)} (the first in data row {first_row}); replace them with "
+            "finite numbers, or leave the cells empty to mark them missing",
             field="test_path" if what == "test" else "train_path",
         )
+
+
+def _data_row(label: Any) -> int:
+    """The 1-based data row (header and blank lines not counted) of a frame's row label."""
+    return int(label) + 1
+
+
+def read_numbers_left_as_text(features: pd.DataFrame, path: str | os.PathLike = "",
+                              what: str = "CSV") -> pd.DataFrame:
+    """Feature columns of numbers that pandas left as text, as floats.
+
+    pandas reads a column as text when one of its numbers is past the float range
+    (``1e999``), an integer past 64 bits, or a NaN / infinity spelling it does not know
+    (``+nan``, `` -inf ``). A column whose every value is a number is numeric: such NaNs are
+    missing values, infinities are left for :func:`check_finite`, and a number past the
+    float range is refused with its column and row, since no model can use it.
+    """
+    converted: dict[int, pd.Series] = {}
+    for position in range(features.shape[1]):
+        column = features.iloc[:, position]
+        if column.dtype != object:
+            continue
+        present = column.dropna()
+        if present.empty or not _is_number_text(present.iloc[0]):  # most text columns
+            continue
+        if not all(_is_number_text(v) for v in pd.unique(present)):
+            continue
+        numbers = present.map(lambda v: float(v.strip()))
+        too_large = [label for label, value in present[np.isinf(numbers.to_numpy())].items()
+                     if _DECIMAL.fullmatch(value.strip())]  # not 'inf' itself
+        if too_large:
+            text = present[too_large[0]].strip()
+            shown = text if len(text) <= _SHOWN_NUMBER else f"{text[:_SHOWN_NUMBER]}..."
+            raise InvalidInputError(
+                f"{what} file {str(path)!r}: column {str(features.columns[position])!r}, "
+                f"data row {_data_row(too_large[0])}: {shown} is beyond the float range "
+                f"(±{np.finfo(np.float64).max:.5g}); write a smaller number, or leave "
+                "the cell empty to mark it missing",
+                field="test_path" if what == "test" else "train_path",
+            )
+        converted[position] = numbers.reindex(column.index).astype("float64")
+    if not converted:
+        return features
+    features = features.copy()
+    for position, numbers in converted.items():
+        features.isetitem(position, numbers)
+    return features
+
+
+def _is_number_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return bool(_DECIMAL.fullmatch(text) or _INFINITY_OR_NAN.fullmatch(text))
 
 
 def split_features(frame: pd.DataFrame, class_column: str, path: str | os.PathLike = "",
@@ -235,7 +397,7 @@ def split_features(frame: pd.DataFrame, class_column: str, path: str | os.PathLi
             field="class_column",
         )
     frame = frame[frame[class_column].notna()]
-    features = frame.drop(columns=[class_column])
+    features = read_numbers_left_as_text(frame.drop(columns=[class_column]), path, what)
     labels = frame[class_column]
     if pd.api.types.is_float_dtype(labels) and labels.map(float.is_integer).all():
         # A gap in an integer class column makes pandas read floats (3 -> 3.0);
@@ -281,12 +443,15 @@ class DatasetSummary:
 
 def summarize_dataset(train_path: str, test_path: str | None = None,
                       class_column: str = "class", name: str | None = None,
-                      description: str | None = None) -> DatasetSummary:
+                      description: str | None = None,
+                      max_decompressed_mb: float | None = MAX_DECOMPRESSED_MB
+                      ) -> DatasetSummary:
     """Read and check a dataset's CSV files and compute its metadata.
 
     Raises InvalidInputError naming the problem: a missing, empty or unreadable
-    file, an absent class column, fewer than 2 classes, or a class with fewer
-    rows than cross-validation folds.
+    file, a compressed file holding more than ``max_decompressed_mb`` MB, a number
+    past the float range, an absent class column, fewer than 2 classes, or a class
+    with fewer rows than cross-validation folds.
     """
     if not class_column or not str(class_column).strip():
         raise InvalidInputError("class_column must be a non-empty column name",
@@ -300,7 +465,7 @@ def summarize_dataset(train_path: str, test_path: str | None = None,
             raise InvalidInputError(
                 f"{field} must be at most {_MAX_PATH} characters, got {len(str(value))}",
                 field=field)
-    frame = read_csv(train_path, "train")
+    frame = read_csv(train_path, "train", max_decompressed_mb)
     features, labels = split_features(frame, class_column, train_path, "train")
     check_labels(labels, train_path)
     if features.shape[1] == 0:
@@ -308,7 +473,7 @@ def summarize_dataset(train_path: str, test_path: str | None = None,
                                 field="train_path")
     check_finite(features, train_path, "train")
     if test_path:
-        test_frame = read_csv(test_path, "test")
+        test_frame = read_csv(test_path, "test", max_decompressed_mb)
         test_features, test_labels = split_features(test_frame, class_column, test_path, "test")
         train_classes = set(labels.astype(str))
         unseen = sorted({str(v) for v in test_labels} - train_classes)

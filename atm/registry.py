@@ -27,9 +27,11 @@ MAX_OPTION_INTEGER = 2**31 - 1
 
 def add_dataset(db: Database, train_path: str, test_path: str | None = None,
                 class_column: str = "class", name: str | None = None,
-                description: str | None = None) -> Dataset:
+                description: str | None = None,
+                max_decompressed_mb: float | None = C.MAX_DECOMPRESSED_MB) -> Dataset:
     """Check a CSV (and optional test CSV), compute its metadata, insert a row."""
-    summary = summarize_dataset(train_path, test_path, class_column, name, description)
+    summary = summarize_dataset(train_path, test_path, class_column, name, description,
+                                max_decompressed_mb)
     if len(summary.name) > 100:
         raise InvalidInputError("name must be at most 100 characters", field="name")
     if summary.description and len(summary.description) > 1000:

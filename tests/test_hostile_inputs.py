@@ -14,24 +14,30 @@ their recorded results.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
 import random
 import re
 import subprocess
+import tempfile
+import time
+import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from api_support import PROBLEM, api_settings, snapshot
+from api_support import PROBLEM, api_settings, assert_problem, snapshot
 from conftest import ATM_EXE
 
 from atm import constants as C
 from atm.api import create_app
+from atm.data import summarize_dataset
 from atm.database import Database
+from atm.exceptions import InvalidInputError
 from atm.models import Classifier, Dataset
 from atm.worker import Worker, WorkerOptions
 
@@ -65,6 +71,39 @@ def quoted_newlines() -> bytes:
     return ('x,"a note\nover two lines",class\n' + body).encode()
 
 
+GIB = 1 << 30
+BOMB_LIMIT_MB = C.MAX_DECOMPRESSED_MB  # what the CLI and the test servers run with
+# peak RSS allowed to `atm enter_data` refusing the bomb: it peaks at ~190 MB here, as on a
+# 1 KB file (pandas and scikit-learn imported); holding what the bomb holds would take 2 GB
+BOMB_MAX_RSS_MB = 400
+
+
+@functools.cache
+def gzip_bomb(gigabytes: int = 2) -> bytes:
+    """~2 MB of gzip holding a header and 2 GB of '0,0,0,...' rows, written a chunk at a time."""
+    chunk = b"0," * (1 << 19) + b"0\n"  # one 1 MiB row
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as handle:
+        handle.write(b"a,class\n")
+        for _ in range(gigabytes * GIB // len(chunk)):
+            handle.write(chunk)
+    return buffer.getvalue()
+
+
+def corrupt_gzip() -> bytes:
+    """A valid gzip header, then bytes that are not deflate data."""
+    good = gzip.compress(("a,b,class\n" + rows(200)).encode(), mtime=0)
+    return good[:10] + random.Random(1).randbytes(200) + good[-8:]
+
+
+def zip_of(*names: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names:
+            archive.writestr(name, "a,b,class\n" + rows(20))
+    return buffer.getvalue()
+
+
 def long_strings() -> bytes:
     body = "".join(f"{i},{chr(65 + i % 3) * 200_000},{'yes' if i % 2 else 'no'}\n"
                    for i in range(20))
@@ -81,6 +120,7 @@ class Case:
     metadata: dict[str, int] = field(default_factory=dict)
     trains: bool = False
     class_column: str = "class"
+    max_rss_mb: float | None = None  # peak memory `atm enter_data` may use on it
 
 
 LONG_NAME = "c" * 150
@@ -151,8 +191,26 @@ CASES: dict[str, Case] = {
         "string starting at row 1"),
     "infinite numbers": Case(
         "inf.csv", lambda: ("a,b,class\n" + rows(20) + "1,inf,yes\n2,-inf,no\n").encode(),
-        "train file {file} has infinite values in column(s) b; replace them with finite "
-        "numbers, or leave the cells empty to mark them missing"),
+        "train file {file} has infinite values in column(s) b (the first in data row 21); "
+        "replace them with finite numbers, or leave the cells empty to mark them missing"),
+    "infinity written with spaces": Case(  # pandas leaves ' -inf ' as text
+        "infspaces.csv", lambda: ("a,b,class\n" + rows(20) + "1, -Infinity ,yes\n").encode(),
+        "train file {file} has infinite values in column(s) b (the first in data row 21); "
+        "replace them with finite numbers, or leave the cells empty to mark them missing"),
+    "a number past the float range": Case(  # pandas reads its column as text
+        "1e999.csv", lambda: ("a,b,class\n" + rows(20) + "1,1e999,yes\n").encode(),
+        "train file {file}: column 'b', data row 21: 1e999 is beyond the float range "
+        "(±1.7977e+308); write a smaller number, or leave the cell empty to mark it missing"),
+    "a negative number past the float range": Case(
+        "minus1e999.csv", lambda: ("a,b,class\n" + rows(20) + "-1e999,2,no\n").encode(),
+        "train file {file}: column 'a', data row 21: -1e999 is beyond the float range "
+        "(±1.7977e+308); write a smaller number, or leave the cell empty to mark it missing"),
+    "a 400-digit integer": Case(
+        "digits.csv", lambda: ("a,b,class\n" + rows(4) + "9" * 400 + ",1,no\n"
+                               + rows(20)).encode(),
+        "train file {file}: column 'a', data row 5: " + "9" * 40 + "... is beyond the float "
+        "range (±1.7977e+308); write a smaller number, or leave the cell empty to mark it "
+        "missing"),
     "not really gzip": Case(
         "fake.csv.gz", lambda: ("a,b,class\n" + rows(20)).encode(),
         "train file {file} cannot be decompressed as .gz: Not a gzipped file (b'a,'); check "
@@ -163,6 +221,23 @@ CASES: dict[str, Case] = {
         "train file {file} cannot be decompressed as .gz: Compressed file ended before the "
         "end-of-stream marker was reached; check that the file is complete and that its suffix "
         "matches its format (or give a plain .csv)"),
+    "corrupt gzip data": Case(
+        "corrupt.csv.gz", corrupt_gzip,
+        "train file {file} cannot be decompressed as .gz: Error -3 while decompressing data: "
+        "too many length or distance symbols; check that the file is complete and that its "
+        "suffix matches its format (or give a plain .csv)"),
+    "gzip of binary": Case(
+        "binary.csv.gz", lambda: gzip.compress(random.Random(5).randbytes(64_000), mtime=0),
+        "train file {file} contains NUL bytes (is it a binary file?)"),
+    "a zip of two files": Case(
+        "two.csv.zip", lambda: zip_of("a.csv", "b.csv"),
+        "train file {file} must be an archive of exactly one CSV file (or give a plain .csv)"),
+    "a gzip bomb (2 GB of zeros in 2 MB)": Case(
+        "bomb.csv.gz", gzip_bomb,
+        f"train file {{file}} decompresses to more than {BOMB_LIMIT_MB:g} MB, the limit for "
+        "compressed files (setting max_decompressed_mb); decompress it and give the plain "
+        "CSV, or raise the limit",
+        max_rss_mb=BOMB_MAX_RSS_MB),
     "class column name too long": Case(
         "longclass.csv", lambda: (f"a,b,{LONG_NAME}\n" + rows(20)).encode(),
         "class_column must be at most 100 characters, got 150",
@@ -199,6 +274,15 @@ CASES: dict[str, Case] = {
     "trailing commas on data lines only": Case(
         "trailingdata.csv", lambda: ("a,b,class\n" + rows(20).replace("\n", ",\n")).encode(),
         metadata={"n_examples": 20, "k_classes": 2, "d_features": 2}),
+    "NaN spellings pandas leaves as text": Case(  # missing values, the column stays numeric
+        "nanspell.csv", lambda: ("a,b,class\n" + rows(20) + "1,+nan,yes\n2,NAN,no\n").encode(),
+        metadata={"n_examples": 22, "k_classes": 2, "d_features": 2}, trains=True),
+    "integers past 64 bits": Case(  # numbers, not 21 one-hot categories
+        "bigints.csv", lambda: ("a,b,class\n" + rows(20)
+                                + "99999999999999999999,1,yes\n").encode(),
+        metadata={"n_examples": 21, "k_classes": 2, "d_features": 2}, trains=True),
+    "gzip": Case("plain.csv.gz", lambda: gzip.compress(("a,b,class\n" + rows(20)).encode()),
+                 metadata={"n_examples": 20, "k_classes": 2, "d_features": 2}, trains=True),
     "very long strings": Case("long.csv", long_strings,
                               metadata={"n_examples": 20, "k_classes": 2, "d_features": 4}),
     "a 300,000-character header name": Case(
@@ -252,6 +336,28 @@ class CliRun:
     returncode: int
     stdout: str
     stderr: str
+    max_rss_mb: float  # peak resident memory of the process
+
+
+def run_measured(command: list[str], cwd: Path, timeout: float = 300,
+                 env: dict[str, str] | None = None) -> CliRun:
+    """Run a command to its end; wait4() gives the peak memory of that one process."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err,
+                                   env={**os.environ, "PYTHONWARNINGS": "", **(env or {})})
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                process.kill()
+            time.sleep(0.05)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return CliRun(cwd, process.returncode, out.read().decode(), err.read().decode(),
+                      usage.ru_maxrss / 1024)  # KiB on Linux
 
 
 def run_enter_data(directory: Path, case: Case) -> CliRun:
@@ -259,9 +365,7 @@ def run_enter_data(directory: Path, case: Case) -> CliRun:
     args = ["--train-path", case.filename, *TRAIN_OPTIONS]
     if case.class_column != "class":
         args += ["--class-column", case.class_column]
-    done = subprocess.run([ATM_EXE, "enter_data", *args], cwd=directory, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": ""})
-    return CliRun(directory, done.returncode, done.stdout, done.stderr)
+    return run_measured([ATM_EXE, "enter_data", *args], directory)
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +390,8 @@ def test_cli_refuses_with_one_line_and_writes_nothing(cli_runs, name):
     assert run.stderr == (f"atm enter_data: error: "
                           f"{expected_message(case, case.filename)}\n")
     assert run.stdout == ""
+    if case.max_rss_mb is not None:
+        assert run.max_rss_mb < case.max_rss_mb
     db = cli_database(run.directory)
     try:
         assert snapshot(db) == EMPTY
@@ -412,9 +518,10 @@ def test_a_50_mb_file_through_the_cli(tmp_path):
                                   "2 classes\n")
     db = cli_database(tmp_path)
     try:
-        assert_metadata(db.get_row(Dataset, 1), Case("big.csv", bytes, metadata=metadata))
-        assert db.get_row(Dataset, 1).size_kb == round((tmp_path / "big.csv").stat().st_size
-                                                       / 1024)
+        row = db.get_row(Dataset, 1)
+        assert_metadata(row, Case("big.csv", bytes, metadata=metadata))
+        size_kb = row["size_kb"] if isinstance(row, dict) else row.size_kb
+        assert size_kb == round((tmp_path / "big.csv").stat().st_size / 1024)
     finally:
         db.dispose()
 
@@ -450,3 +557,88 @@ def test_an_upload_past_the_limit_is_refused_and_not_kept(db, workdir):
 def test_an_upload_past_the_limit_is_told_the_limit(db, workdir):
     response = upload_past_the_limit(db, workdir)
     assert "5 MB" in response.get_json()["detail"]
+
+
+# -- compressed files: every format pandas infers is capped by max_decompressed_mb -----------
+
+COMPRESSED_ROWS = 150_000  # ~3 MB of CSV
+
+
+def write_compressed(path: Path, n_rows: int = COMPRESSED_ROWS) -> int:
+    """A compressed CSV of ``n_rows`` rows in the format its suffix names; returns its CSV size."""
+    text = ("a,b,class\n" + rows(n_rows)).encode()
+    name = path.name
+    if name.endswith((".tar", ".tar.gz", ".tar.bz2", ".tar.xz")):
+        import tarfile
+        mode = "w" if name.endswith(".tar") else "w:" + name.rsplit(".", 1)[1]
+        with tarfile.open(path, mode) as archive:
+            info = tarfile.TarInfo("data.csv")
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text))
+    elif name.endswith(".zip"):
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("data.csv", text)
+    else:
+        import bz2
+        import lzma
+        opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[path.suffix]
+        with opener(path, "wb") as handle:
+            handle.write(text)
+    return len(text)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zip", ".tar", ".tar.gz"])
+def test_every_compression_format_is_capped_and_otherwise_read(tmp_path, suffix):
+    path = tmp_path / f"data.csv{suffix}"
+    assert write_compressed(path) > 2_000_000
+    with pytest.raises(InvalidInputError, match=r"decompresses to more than 2 MB, the limit "
+                       r"for compressed files \(setting max_decompressed_mb\)"):
+        summarize_dataset(str(path), max_decompressed_mb=2)
+    summary = summarize_dataset(str(path), max_decompressed_mb=4)
+    assert (summary.n_examples, summary.d_features) == (COMPRESSED_ROWS, 2)
+
+
+def test_a_tar_of_two_files_is_refused(tmp_path):
+    import tarfile
+    path = tmp_path / "two.tar"
+    with tarfile.open(path, "w") as archive:
+        for name in ("a.csv", "b.csv"):
+            text = ("a,b,class\n" + rows(20)).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text))
+    with pytest.raises(InvalidInputError, match="must be an archive of exactly one CSV file"):
+        summarize_dataset(str(path))
+
+
+def test_the_decompression_limit_is_a_setting_of_the_api(db, workdir):
+    """An upload and a server path over a 2 MB limit, and a server taking no compressed files."""
+    write_compressed(workdir / "data.csv.gz")
+    case = Case("data.csv.gz", (workdir / "data.csv.gz").read_bytes)
+    for limit, message in ((2, "decompresses to more than 2 MB, the limit for compressed "
+                               "files (setting max_decompressed_mb)"),
+                           (0, "is compressed, and compressed files are not accepted "
+                               "(setting max_decompressed_mb is 0); give the plain CSV")):
+        settings = api_settings(db, workdir, max_decompressed_mb=limit)
+        client = create_app(settings, db).test_client()
+        for response in (post_path(client, case), post_upload(client, case)):
+            assert_problem(response, 400, message, field="train_path")
+        assert snapshot(db, workdir) == {**EMPTY, "uploads": []}
+    client = create_app(api_settings(db, workdir, max_decompressed_mb=4), db).test_client()
+    assert post_upload(client, case).status_code == 201
+
+
+def test_the_decompression_limit_is_a_setting_of_the_cli(tmp_path):
+    write_compressed(tmp_path / "data.csv.gz")
+    run = run_measured([ATM_EXE, "enter_data", "--train-path", "data.csv.gz", *TRAIN_OPTIONS],
+                       tmp_path, env={"ATM_MAX_DECOMPRESSED_MB": "2"})
+    assert run.returncode == CLI_ERROR_EXIT
+    assert run.stderr == ("atm enter_data: error: train file 'data.csv.gz' decompresses to "
+                          "more than 2 MB, the limit for compressed files (setting "
+                          "max_decompressed_mb); decompress it and give the plain CSV, or "
+                          "raise the limit\n")
+    db = cli_database(tmp_path)
+    try:
+        assert snapshot(db) == EMPTY
+    finally:
+        db.dispose()

@@ -56,7 +56,7 @@ def _register(values: dict[str, Any], created: list[Path]) -> ResponseReturnValu
     try:
         dataset = registry.add_dataset(
             ctx.db, values["train_path"], values.get("test_path"), values["class_column"],
-            values.get("name"), values.get("description"))
+            values.get("name"), values.get("description"), ctx.settings.max_decompressed_mb)
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)
