@@ -268,9 +268,10 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     if settings.workers < 0 or (settings.workers == 0 and not serve):
         raise CommandError(f"--workers must be at least {0 if serve else 1}, "
                            f"got {settings.workers}")
-    if serve and settings.server_processes < 1:
-        raise CommandError(f"--server-processes must be at least 1, "
-                           f"got {settings.server_processes}")
+    for name in ("server_processes", "server_threads"):
+        if serve and getattr(settings, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1, "
+                               f"got {getattr(settings, name)}")
     running = daemon.find_supervisor(settings.pid)
     if running is not None:
         raise CommandError(f"ATM is already running! (pid {running.pid}, pid file "
@@ -503,6 +504,8 @@ def _start_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--server-processes", type=int, metavar="N",
                        help="REST server processes sharing the port (2); "
                             "env ATM_SERVER_PROCESSES")
+    group.add_argument("--server-threads", type=int, metavar="N",
+                       help="threads of each REST server process (2); env ATM_SERVER_THREADS")
     group.add_argument("--no-server", action="store_true",
                        help="start workers only (e.g. to add workers to a running ATM)")
     group.add_argument("--foreground", action="store_true",
@@ -568,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name, None) for name in (
         "sql_url", "models_dir", "metrics_dir", "log_file", "log_level", "host", "port",
-        "workers", "server_processes", "pid", "api_token", "classifier_timeout")}
+        "workers", "server_processes", "server_threads", "pid", "api_token", "classifier_timeout")}
     return load_settings(getattr(args, "config", None), overrides)
 
 

@@ -29,9 +29,11 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 1
-    # REST server processes `atm start` runs on the one port (each serves 4 threads):
-    # one process is bound by its interpreter lock to one core.
+    # REST server processes `atm start` runs on the one port: one process is bound by its
+    # interpreter lock to one core. Threads per process: more than 2 wait on that lock and
+    # lengthen the slowest answers (p99 31-39 ms with 2, 43-58 ms with 4: BENCHMARKS.md).
     server_processes: int = 2
+    server_threads: int = 2
     pid: str = "atm.pid"
     # Seconds between heartbeats of a running classifier, and how old a heartbeat
     # may get before another worker declares the classifier lost.

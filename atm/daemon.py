@@ -397,7 +397,8 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, stop)
         self._event("ready")
-        serve(app, sockets=[self.listen], threads=4, ident="ATM")
+        serve(app, sockets=[self.listen], threads=max(1, self.settings.server_threads),
+              ident="ATM")
 
     def _read_events(self) -> list[tuple[int, str]]:
         data = b""
@@ -646,7 +647,7 @@ def run_api_server(settings: Settings, debug: bool = False) -> None:
 
     LOGGER.info("ATM REST server is listening on http://%s:%s", settings.host, settings.port)
     try:
-        serve(app, sockets=[sock], threads=4, ident="ATM")
+        serve(app, sockets=[sock], threads=max(1, settings.server_threads), ident="ATM")
     finally:
         sock.close()
 

@@ -3,7 +3,7 @@
     python bench/api.py [--quick] [--json PATH]
 
 Builds a SQLite database holding 10,000 classifiers (20 dataruns of 500), then
-loads ``atm start -w 0`` (production: 2 waitress processes of 4 threads on one port),
+loads ``atm start -w 0`` (production: 2 waitress processes of 2 threads on one port),
 ``atm server`` (one waitress process) and Flask's development server with ``wrk`` on the list,
 item and children endpoints (random pages and ids, 16 connections). gunicorn,
 when installed, is measured the same way for comparison. Finally ``atm start``

@@ -221,11 +221,11 @@ def test_a_killed_server_process_is_replaced_while_the_other_serves(instance):
     assert processes_in(instance.folder) == []
 
 
-def test_server_processes_must_be_at_least_one(instance):
-    result = instance.atm("start", "--port", str(instance.port), "--server-processes", "0")
+@pytest.mark.parametrize("option", ["--server-processes", "--server-threads"])
+def test_server_processes_and_threads_must_be_at_least_one(instance, option):
+    result = instance.atm("start", "--port", str(instance.port), option, "0")
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "--server-processes must be at least 1, got 0")
+    assert result.stderr.strip().splitlines()[-1].endswith(f"{option} must be at least 1, got 0")
     assert processes_in(instance.folder) == [] and not (instance.folder / "atm.pid").exists()
 
 
