@@ -8,6 +8,7 @@ proxy (``outage_support``) between ATM and the server and cut it, on MySQL and P
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -25,21 +26,41 @@ from sqlalchemy.engine import make_url
 from atm import registry
 
 
+def gated_datarun(db, workdir, demo, budget):
+    """A datarun of a method whose fit waits for a gate file; (run, gate, worker env)."""
+    method, gate, gate_env = write_gated_method(workdir)
+    sys.path.insert(0, str(workdir))
+    try:
+        dataset = registry.add_dataset(db, demo("iris"))
+        run = registry.add_datarun(db, dataset.id, budget=budget, methods=[str(method)])
+    finally:
+        sys.path.remove(str(workdir))
+    env = dict(os.environ, **gate_env, ATM_HEARTBEAT_INTERVAL="0.5", ATM_POLL_INTERVAL="0.5")
+    return run, gate, env
+
+
+@contextlib.contextmanager
+def worker_behind_a_proxy(db, workdir, env):
+    """An `atm worker` reaching the server through a proxy the test can cut; yields
+    (proxy, worker process, log path) and kills the worker if it is still there."""
+    log = workdir / "worker.log"
+    with database_proxy(db.url) as proxy, log.open("w") as out:
+        worker = subprocess.Popen([ATM_EXE, "worker", "--sql-url", proxy.url], cwd=workdir,
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proxy, worker, log
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+
 @pytest.mark.slow
 def test_a_result_finished_during_an_outage_is_recorded_once_the_database_is_back(
         any_db, workdir, demo):
     if any_db.backend != "postgresql":
         pytest.skip("the outage is made by closing a PostgreSQL database to connections")
-    method, gate, gate_env = write_gated_method(workdir)
-    sys.path.insert(0, str(workdir))
-    try:
-        dataset = registry.add_dataset(any_db, demo("iris"))
-        run = registry.add_datarun(any_db, dataset.id, budget=1, methods=[str(method)])
-    finally:
-        sys.path.remove(str(workdir))
-
-    env = dict(os.environ, **gate_env,
-               ATM_HEARTBEAT_INTERVAL="0.5", ATM_POLL_INTERVAL="0.5")
+    run, gate, env = gated_datarun(any_db, workdir, demo, budget=1)
     worker = subprocess.Popen([ATM_EXE, "worker", "--sql-url", any_db.url], cwd=workdir,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
@@ -87,36 +108,20 @@ def read_log(path: Path) -> str:
 @pytest.mark.parametrize("db_url", SERVERS, indirect=True)
 def test_a_worker_waits_out_a_dropped_server_and_records_its_result_once(
         any_db, workdir, demo):
-    method, gate, gate_env = write_gated_method(workdir)
-    sys.path.insert(0, str(workdir))
-    try:
-        dataset = registry.add_dataset(any_db, demo("iris"))
-        run = registry.add_datarun(any_db, dataset.id, budget=2, methods=[str(method)])
-    finally:
-        sys.path.remove(str(workdir))
-    env = dict(os.environ, **gate_env,
-               ATM_HEARTBEAT_INTERVAL="0.5", ATM_POLL_INTERVAL="0.5")
-    log = workdir / "worker.log"
-    with database_proxy(any_db.url) as proxy, log.open("w") as out:
-        worker = subprocess.Popen([ATM_EXE, "worker", "--sql-url", proxy.url], cwd=workdir,
-                                  env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            [fit] = wait_for(lambda: any_db.get_classifiers(run.id, ["running"]),
-                             what="a running fit")
-            proxy.cut()  # every connection of the worker reset, every new one refused
-            cut_at = time.monotonic()
-            gate.unlink()  # the fit finishes while the server is away
-            wait_for(lambda: read_log(log).count("cannot record classifier") >= 2,
-                     timeout=60, what="the worker retrying to record its result")
-            assert worker.poll() is None, "the worker gave up during the outage"
-            assert any_db.get_classifier(fit.id).status == "running"
-            proxy.restore()
-            outage = time.monotonic() - cut_at
-            worker.wait(timeout=120)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    run, gate, env = gated_datarun(any_db, workdir, demo, budget=2)
+    with worker_behind_a_proxy(any_db, workdir, env) as (proxy, worker, log):
+        [fit] = wait_for(lambda: any_db.get_classifiers(run.id, ["running"]),
+                         what="a running fit")
+        proxy.cut()  # every connection of the worker reset, every new one refused
+        cut_at = time.monotonic()
+        gate.unlink()  # the fit finishes while the server is away
+        wait_for(lambda: read_log(log).count("cannot record classifier") >= 2,
+                 timeout=60, what="the worker retrying to record its result")
+        assert worker.poll() is None, "the worker gave up during the outage"
+        assert any_db.get_classifier(fit.id).status == "running"
+        proxy.restore()
+        outage = time.monotonic() - cut_at
+        worker.wait(timeout=120)
     output = read_log(log)
     print(f"\n[outage] {any_db.backend}: {outage:.1f} s outage, "
           f"{output.count('cannot record classifier')} attempts to record during it, "
@@ -202,35 +207,19 @@ def completes_a_classifier(data: bytes) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", SERVERS, indirect=True)
 def test_a_result_whose_commit_answer_was_lost_is_kept_not_dropped(any_db, workdir, demo):
-    method, gate, gate_env = write_gated_method(workdir)
-    sys.path.insert(0, str(workdir))
-    try:
-        dataset = registry.add_dataset(any_db, demo("iris"))
-        run = registry.add_datarun(any_db, dataset.id, budget=1, methods=[str(method)])
-    finally:
-        sys.path.remove(str(workdir))
-    env = dict(os.environ, **gate_env,
-               ATM_HEARTBEAT_INTERVAL="0.5", ATM_POLL_INTERVAL="0.5")
-    log = workdir / "worker.log"
-    with database_proxy(any_db.url) as proxy, log.open("w") as out:
-        worker = subprocess.Popen([ATM_EXE, "worker", "--sql-url", proxy.url], cwd=workdir,
-                                  env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            [fit] = wait_for(lambda: any_db.get_classifiers(run.id, ["running"]),
-                             what="a running fit")
-            proxy.lose_commit_reply(completes_a_classifier)
-            gate.unlink()
-            wait_for(proxy.commit_lost.is_set, timeout=60, what="the recording commit")
-            # Recorded on the server, but the worker cannot know: its connection died.
-            assert any_db.get_classifier(fit.id).status == "complete"
-            wait_for(lambda: "cannot record classifier" in read_log(log), timeout=60,
-                     what="the worker retrying to record its result")
-            proxy.restore()
-            worker.wait(timeout=120)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    run, gate, env = gated_datarun(any_db, workdir, demo, budget=1)
+    with worker_behind_a_proxy(any_db, workdir, env) as (proxy, worker, log):
+        [fit] = wait_for(lambda: any_db.get_classifiers(run.id, ["running"]),
+                         what="a running fit")
+        proxy.lose_commit_reply(completes_a_classifier)
+        gate.unlink()
+        wait_for(proxy.commit_lost.is_set, timeout=60, what="the recording commit")
+        # Recorded on the server, but the worker cannot know: its connection died.
+        assert any_db.get_classifier(fit.id).status == "complete"
+        wait_for(lambda: "cannot record classifier" in read_log(log), timeout=60,
+                 what="the worker retrying to record its result")
+        proxy.restore()
+        worker.wait(timeout=120)
     output = read_log(log)
     assert worker.returncode == 0, output[-3000:]
     assert "result is dropped" not in output, output[-3000:]
