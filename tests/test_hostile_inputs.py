@@ -20,9 +20,10 @@ import io
 import os
 import random
 import re
+import signal
 import subprocess
+import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -339,25 +340,40 @@ class CliRun:
     max_rss_mb: float  # peak resident memory of the process
 
 
+# Linux keeps a process's peak memory across exec(), so a command forked straight from
+# this (large) test process would report the test process's size. A small Python process
+# forks the command instead and reports the command's own peak (wait4) in a file.
+MEASURER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(command: list[str], cwd: Path, timeout: float = 300,
                  env: dict[str, str] | None = None) -> CliRun:
-    """Run a command to its end; wait4() gives the peak memory of that one process."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err,
+    """Run a command to its end, with the peak memory of that one process."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as scratch:
+        rss_file = Path(scratch) / "maxrss"
+        process = subprocess.Popen([sys.executable, "-c", MEASURER, str(rss_file), *command],
+                                   cwd=cwd, stdout=out, stderr=err, start_new_session=True,
                                    env={**os.environ, "PYTHONWARNINGS": "", **(env or {})})
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-            time.sleep(0.05)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         out.seek(0)
         err.seek(0)
+        max_rss_kib = int(rss_file.read_text()) if rss_file.exists() else 0
         return CliRun(cwd, process.returncode, out.read().decode(), err.read().decode(),
-                      usage.ru_maxrss / 1024)  # KiB on Linux
+                      max_rss_kib / 1024)
 
 
 def run_enter_data(directory: Path, case: Case) -> CliRun:
