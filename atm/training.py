@@ -3,6 +3,7 @@ the files. The worker runs it in its fit process (or in-process without a time l
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from atm.data import load_dataset_frames
 from atm.model import Model, holdout_split
 
 # Datasets kept in memory by a process, most recently used last.
-_FRAMES: OrderedDict[tuple[str, str | None, str, int], tuple[Any, Any, Any, Any]] = OrderedDict()
+_FRAMES: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = OrderedDict()
 MAX_CACHED_DATASETS = 4
 
 
@@ -35,8 +36,10 @@ class FitTask:
 def dataset_frames(train_path: str, test_path: str | None, class_column: str,
                    seed: int) -> tuple[Any, Any, Any, Any]:
     """Train and test features and labels; without a test file, the datarun's fixed
-    stratified hold-out (same seed, same rows). Cached per process."""
-    key = (train_path, test_path, class_column, seed)
+    stratified hold-out (same seed, same rows). Cached per process, and read again when
+    a file at the same path was replaced or changed (its size or modification time)."""
+    key = (train_path, _identity(train_path), test_path, _identity(test_path), class_column,
+           seed)
     if key in _FRAMES:
         _FRAMES.move_to_end(key)
         return _FRAMES[key]
@@ -47,6 +50,17 @@ def dataset_frames(train_path: str, test_path: str | None, class_column: str,
     while len(_FRAMES) > MAX_CACHED_DATASETS:
         _FRAMES.popitem(last=False)
     return _FRAMES[key]
+
+
+def _identity(path: str | None) -> tuple[int, int] | None:
+    """(size, modification time in ns) of a file, or None (loading will say what is wrong)."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def train_and_save(task: FitTask) -> tuple[dict[str, Any], str | None, str | None]:

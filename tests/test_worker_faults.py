@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from atm import database as database_module
@@ -89,6 +91,25 @@ def test_a_fit_that_kills_its_process_errors_its_classifier_only(db, workdir, de
     assert all(c.status == "errored" and "killed by SIGKILL" in c.error_message
                for c in killed)
     assert db.get_datarun(run.id).status == "complete"
+
+
+def test_a_dataset_file_replaced_at_the_same_path_is_read_again(db, workdir, demo):
+    # In-process (timeout 0) the dataset cache lives as long as this test process.
+    dataset = registry.add_dataset(db, demo("iris"))
+    first = registry.add_datarun(db, dataset.id, budget=1, methods=["dt"])
+    assert run_worker(db, workdir, timeout=0) == 1
+    assert [c.status for c in db.get_classifiers(first.id)] == ["complete"]
+    path = workdir / "iris.csv"
+    path.write_text("not,the,same\n1,2,3\n")  # replaced: same path, other content
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    second = registry.add_datarun(db, dataset.id, budget=1, methods=["dt"])
+    with db.session_scope(write=True) as session:  # the same hold-out seed: a cache hit
+        session.execute(update(Datarun).where(Datarun.id == second.id)
+                        .values(random_seed=first.random_seed))
+    assert run_worker(db, workdir, timeout=0) == 1
+    [classifier] = db.get_classifiers(second.id)
+    assert classifier.status == "errored"  # the new content, not the cached frames
+    assert "has no column 'class'" in classifier.error_message
 
 
 def test_a_fit_that_raises_records_its_traceback_in_process_too(db, workdir, demo):
