@@ -90,17 +90,22 @@ def _stub_scores(params: dict[str, Any]) -> dict[str, Any]:
     return {"cv": score, "cv_stdev": 0.01, "test": score}
 
 
-def _timed_in_task(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn``, adding its duration to the current task's seconds."""
+def _timed(fn: Callable[..., Any], record: Callable[[float], None]) -> Callable[..., Any]:
+    """``fn``, handing each call's duration in seconds to ``record``."""
     @functools.wraps(fn)
     def timed(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            _add_task_seconds(name, time.perf_counter() - began)
+            record(time.perf_counter() - began)
 
     return timed
+
+
+def _timed_in_task(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, adding its duration to the current task's seconds."""
+    return _timed(fn, functools.partial(_add_task_seconds, name))
 
 
 _TRAIN_AND_SAVE = training_module.train_and_save
@@ -151,17 +156,11 @@ class CallTimer:
         self.calls: dict[str, list[float]] = {}
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                took = time.perf_counter() - began
-                self.seconds[name] = self.seconds.get(name, 0.0) + took
-                self.calls.setdefault(name, []).append(took)
+        return _timed(fn, functools.partial(self._record, name))
 
-        return timed
+    def _record(self, name: str, took: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + took
+        self.calls.setdefault(name, []).append(took)
 
 
 DB_METHODS = ("reap_stale_classifiers", "get_unfinished_dataruns", "mark_datarun_running",
