@@ -165,9 +165,14 @@ class Classifier(Base):
 
     @property
     def mu_sigma_judgment_metric(self) -> float | None:
-        if self.cv_judgment_metric is None or self.cv_judgment_metric_stdev is None:
-            return None
-        return self.cv_judgment_metric - 2 * self.cv_judgment_metric_stdev
+        return mu_sigma(self.cv_judgment_metric, self.cv_judgment_metric_stdev)
+
+
+def mu_sigma(cv: float | None, cv_stdev: float | None) -> float | None:
+    """The ``mu_sigma`` score target: the cross-validation mean minus two deviations."""
+    if cv is None or cv_stdev is None:
+        return None
+    return cv - 2 * cv_stdev
 
 
 TABLES: dict[str, type[Base]] = {

@@ -26,7 +26,7 @@ from atm.database import Database, Refused
 from atm.exceptions import DatabaseUnavailableError, StorageError
 from atm.isolation import FitFailed, FitProcess
 from atm.metrics import judgment_metric_for
-from atm.models import Datarun, Hyperpartition
+from atm.models import Datarun, Hyperpartition, mu_sigma
 from atm.scoreboard import Scoreboard
 from atm.training import FitTask, train_and_save
 from atm.tuning import propose, select_partition
@@ -353,7 +353,7 @@ class Worker:
         # The best as of this worker's last look at the run, and this classifier.
         board = self._boards.get(run.id)
         best = board.best if board is not None else None
-        own = score_target_value(scores, run.score_target)
+        own = _score_target_value(scores, run.score_target)
         if own is not None and (best is None or own > best[0]):
             best = (own, classifier_id)
         best_text = "none yet" if best is None else f"{best[0]:.4f} (classifier {best[1]})"
@@ -364,12 +364,10 @@ class Worker:
                     seconds, best_text)
 
 
-def score_target_value(scores: dict[str, Any], score_target: str) -> float | None:
+def _score_target_value(scores: dict[str, Any], score_target: str) -> float | None:
     """A fit's value of the run's score target, from its ``cv``/``cv_stdev``/``test``."""
     if score_target == "mu_sigma_judgment_metric":
-        if scores["cv"] is None or scores["cv_stdev"] is None:
-            return None
-        return scores["cv"] - 2 * scores["cv_stdev"]
+        return mu_sigma(scores["cv"], scores["cv_stdev"])
     return scores["test" if score_target == "test_judgment_metric" else "cv"]
 
 
