@@ -386,8 +386,6 @@ class Supervisor:
         LOGGER.info("worker stopped after training %d classifier(s)", trained)
 
     def _serve(self) -> None:
-        from waitress import serve
-
         from atm.api import create_app
 
         app = create_app(self.settings)
@@ -397,8 +395,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, stop)
         self._event("ready")
-        serve(app, sockets=[self.listen], threads=max(1, self.settings.server_threads),
-              ident="ATM")
+        serve_waitress(app, self.listen, self.settings)
 
     def _read_events(self) -> list[tuple[int, str]]:
         data = b""
@@ -643,13 +640,18 @@ def run_api_server(settings: Settings, debug: bool = False) -> None:
         return
     sock = listen_socket(settings.host, settings.port)
     app = create_app(settings)
-    from waitress import serve
-
     LOGGER.info("ATM REST server is listening on http://%s:%s", settings.host, settings.port)
     try:
-        serve(app, sockets=[sock], threads=max(1, settings.server_threads), ident="ATM")
+        serve_waitress(app, sock, settings)
     finally:
         sock.close()
+
+
+def serve_waitress(app: Any, sock: socket.socket, settings: Settings) -> None:
+    """Serve ``app`` with waitress on an already listening socket until stopped."""
+    from waitress import serve
+
+    serve(app, sockets=[sock], threads=max(1, settings.server_threads), ident="ATM")
 
 
 __all__ = [
